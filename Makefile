@@ -1,0 +1,53 @@
+# Shoal: `make demo` and `make test` each set up what they need (idempotent) and run.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := crun runc busybox-static tini iproute2 nftables iptables curl
+IMAGES := build/images/busybox.tar
+PYTEST_WORKERS ?= 2
+
+.PHONY: setup apt venv images test lint unit integration compat demo demo-down bench clean
+
+setup: apt venv images
+
+# Debian packages: installed only when one is missing, so a second run makes no network call.
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip >/dev/null
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+$(IMAGES): tools/build_busybox_image.py | venv
+	$(PY) tools/build_busybox_image.py $@
+
+images: $(IMAGES)
+
+lint: venv
+	$(VENV)/bin/ruff check shoal tests bench tools
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: setup lint
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup -q -p no:cacheprovider tests
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit tests/property
+
+demo: setup
+	$(PY) tools/demo.py up
+
+demo-down: venv
+	$(PY) tools/demo.py down
+
+bench: setup
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf build $(VENV) *.egg-info

@@ -1,0 +1,352 @@
+"""Docker's swarm types as typed, frozen msgspec structs with Docker's JSON names.
+
+Python attributes are snake_case; `rename="pascal"` gives Docker's PascalCase on the wire, and
+`field(name=...)` covers Docker's acronyms (ID, NodeID, NanoCPUs). Unknown JSON fields are ignored,
+as Go ignores them. Durations are integers of nanoseconds; times are timezone-aware datetimes
+(RFC 3339 on the wire). Objects are frozen: make a changed copy with `msgspec.structs.replace`.
+
+As in Go's `omitempty`, every struct default is the zero value, so whatever is set is encoded;
+the effective defaults (restart delay 5 s, grace period 10 s, ...) live in `shoal.api.defaults`.
+
+Field owners (DESIGN.md §3): `spec` is written by users only, `desired_state` by the manager,
+`status` by the agent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import msgspec
+from msgspec import field
+
+from shoal.api.states import TaskState
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+class Base(msgspec.Struct, rename="pascal", omit_defaults=True, frozen=True, kw_only=True):
+    """Common configuration of every wire type."""
+
+
+# ---------------------------------------------------------------------------------------------- meta
+class Version(Base):
+    index: int = 0
+
+
+class Meta(Base):
+    """Fields every stored object carries; the store writes `version`, `created_at`, `updated_at`."""
+
+    id: str = field(name="ID", default="")
+    version: Version = Version()
+    created_at: dt.datetime = EPOCH
+    updated_at: dt.datetime = EPOCH
+
+
+# ------------------------------------------------------------------------------------------- service
+class Limits(Base):
+    nano_cpus: int = field(name="NanoCPUs", default=0)
+    memory_bytes: int = 0
+    pids: int = 0
+
+
+class Reservations(Base):
+    nano_cpus: int = field(name="NanoCPUs", default=0)
+    memory_bytes: int = 0
+    generic_resources: list[Any] | None = None
+
+
+class Resources(Base):
+    limits: Limits | None = None
+    reservations: Reservations | None = None
+
+
+class RestartPolicy(Base):
+    condition: str = ""  # none | on-failure | any ("" means any)
+    delay: int | None = None  # ns; default 5 s
+    max_attempts: int | None = None  # 0 or None: unlimited
+    window: int | None = None  # ns; 0 or None: unbounded
+
+
+class SpreadOver(Base):
+    spread_descriptor: str = ""
+
+
+class PlacementPreference(Base):
+    spread: SpreadOver | None = None
+
+
+class Platform(Base):
+    architecture: str = ""
+    os: str = field(name="OS", default="")
+
+
+class Placement(Base):
+    constraints: list[str] | None = None
+    preferences: list[PlacementPreference] | None = None
+    max_replicas: int = 0
+    platforms: list[Platform] | None = None
+
+
+class ContainerSpec(Base):
+    image: str = ""
+    labels: dict[str, str] | None = None
+    command: list[str] | None = None  # --entrypoint
+    args: list[str] | None = None
+    hostname: str = ""
+    env: list[str] | None = None  # "K=V"
+    dir: str = ""
+    user: str = ""
+    groups: list[str] | None = None
+    init: bool | None = None
+    tty: bool = field(name="TTY", default=False)
+    open_stdin: bool = False
+    read_only: bool = False
+    stop_signal: str = ""
+    stop_grace_period: int | None = None  # ns; default 10 s
+    mounts: list[Any] | None = None  # later issue (volumes); kept so inspect round-trips
+    healthcheck: Any | None = None  # later issue (health checks)
+    secrets: list[Any] | None = None  # later issue
+    configs: list[Any] | None = None  # later issue
+    dns_config: Any | None = field(name="DNSConfig", default=None)
+    hosts: list[str] | None = None
+    sysctls: dict[str, str] | None = None
+    capability_add: list[str] | None = None
+    capability_drop: list[str] | None = None
+    privileges: Any | None = None
+    ulimits: list[Any] | None = None
+
+
+class NetworkAttachmentConfig(Base):
+    target: str = ""
+    aliases: list[str] | None = None
+    driver_opts: dict[str, str] | None = None
+
+
+class Driver(Base):
+    name: str = ""
+    options: dict[str, str] | None = None
+
+
+class TaskSpec(Base):
+    container_spec: ContainerSpec | None = None
+    resources: Resources | None = None
+    restart_policy: RestartPolicy | None = None
+    placement: Placement | None = None
+    networks: list[NetworkAttachmentConfig] | None = None
+    log_driver: Driver | None = None
+    force_update: int = 0
+    runtime: str = ""
+
+
+class ReplicatedService(Base):
+    replicas: int | None = None
+
+
+class GlobalService(Base):
+    pass
+
+
+class ServiceMode(Base):
+    replicated: ReplicatedService | None = None
+    global_: GlobalService | None = field(name="Global", default=None)
+    replicated_job: Any | None = None
+    global_job: Any | None = None
+
+
+class UpdateConfig(Base):
+    parallelism: int = 0
+    delay: int = 0
+    failure_action: str = ""
+    monitor: int = 0
+    max_failure_ratio: float = 0.0
+    order: str = ""
+
+
+class PortConfig(Base):
+    name: str = ""
+    protocol: str = ""
+    target_port: int = 0
+    published_port: int = 0
+    publish_mode: str = ""
+
+
+class EndpointSpec(Base):
+    mode: str = ""
+    ports: list[PortConfig] | None = None
+
+
+class ServiceSpec(Base):
+    name: str = ""
+    labels: dict[str, str] | None = None
+    task_template: TaskSpec = TaskSpec()
+    mode: ServiceMode = ServiceMode()
+    update_config: UpdateConfig | None = None
+    rollback_config: UpdateConfig | None = None
+    endpoint_spec: EndpointSpec | None = None
+
+
+class VirtualIP(Base):
+    network_id: str = field(name="NetworkID", default="")
+    addr: str = ""
+
+
+class Endpoint(Base):
+    spec: EndpointSpec | None = None
+    ports: list[PortConfig] | None = None
+    virtual_ips: list[VirtualIP] | None = field(name="VirtualIPs", default=None)
+
+
+class UpdateStatus(Base):
+    state: str = ""
+    started_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
+    message: str = ""
+
+
+class ServiceStatus(Base):
+    running_tasks: int = 0
+    desired_tasks: int = 0
+    completed_tasks: int = 0
+
+
+class Service(Meta):
+    spec: ServiceSpec = ServiceSpec()
+    previous_spec: ServiceSpec | None = None
+    endpoint: Endpoint | None = None
+    update_status: UpdateStatus | None = None
+    service_status: ServiceStatus | None = None  # computed for GET /services?status=true, never stored
+
+
+# ---------------------------------------------------------------------------------------------- task
+class ContainerStatus(Base):
+    container_id: str = field(name="ContainerID", default="")
+    pid: int = field(name="PID", default=0)
+    exit_code: int = 0
+
+
+class TaskStatus(Base):
+    timestamp: dt.datetime = EPOCH
+    state: TaskState = TaskState.NEW
+    message: str = ""
+    err: str = ""
+    container_status: ContainerStatus | None = None
+    port_status: Any | None = None
+
+
+class Task(Meta):
+    name: str = ""  # "<service>.<slot>.<id>" (swarmkit's naming); the API derives display names
+    labels: dict[str, str] | None = None
+    spec: TaskSpec = TaskSpec()
+    service_id: str = field(name="ServiceID", default="")
+    slot: int = 0
+    node_id: str = field(name="NodeID", default="")
+    status: TaskStatus = TaskStatus()
+    desired_state: TaskState = TaskState.NEW
+    networks_attachments: list[Any] | None = None
+    # Which spec of the service this task was made from (the service's Version.Index when the spec
+    # last changed). Shoal-specific: lets the orchestrator see a dirty task without comparing specs.
+    service_version: int = 0
+
+
+# ---------------------------------------------------------------------------------------------- node
+class NodeSpec(Base):
+    name: str = ""
+    labels: dict[str, str] | None = None
+    role: str = ""  # worker | manager
+    availability: str = ""  # active | pause | drain
+
+
+class NodeResources(Base):
+    nano_cpus: int = field(name="NanoCPUs", default=0)
+    memory_bytes: int = 0
+
+
+class EngineDescription(Base):
+    engine_version: str = ""
+    labels: dict[str, str] | None = None
+    plugins: list[Any] | None = None
+
+
+class NodeDescription(Base):
+    hostname: str = ""
+    platform: Platform = Platform()
+    resources: NodeResources = NodeResources()
+    engine: EngineDescription = EngineDescription()
+    tls_info: Any | None = field(name="TLSInfo", default=None)
+
+
+class NodeStatus(Base):
+    state: str = ""  # unknown | down | ready | disconnected
+    message: str = ""
+    addr: str = ""
+
+
+class ManagerStatus(Base):
+    leader: bool = False
+    reachability: str = ""
+    addr: str = ""
+
+
+class Node(Meta):
+    spec: NodeSpec = NodeSpec()
+    description: NodeDescription = NodeDescription()
+    status: NodeStatus = NodeStatus()
+    manager_status: ManagerStatus | None = None
+
+
+# ------------------------------------------------------------------------------------------- cluster
+class OrchestrationConfig(Base):
+    task_history_retention_limit: int | None = None
+
+
+class RaftConfig(Base):
+    snapshot_interval: int = 0
+    keep_old_snapshots: int = 0
+    log_entries_for_slow_followers: int = 0
+    election_tick: int = 0
+    heartbeat_tick: int = 0
+
+
+class DispatcherConfig(Base):
+    heartbeat_period: int = 0  # ns
+
+
+class CAConfig(Base):
+    node_cert_expiry: int = 0  # ns
+
+
+class EncryptionConfig(Base):
+    auto_lock_managers: bool = False
+
+
+class SwarmSpec(Base):
+    name: str = ""
+    labels: dict[str, str] | None = None
+    orchestration: OrchestrationConfig = OrchestrationConfig()
+    raft: RaftConfig = RaftConfig()
+    dispatcher: DispatcherConfig = DispatcherConfig()
+    ca_config: CAConfig = field(name="CAConfig", default=CAConfig())
+    task_defaults: dict[str, Any] | None = None
+    encryption_config: EncryptionConfig = EncryptionConfig()
+
+
+class JoinTokens(Base):
+    worker: str = ""
+    manager: str = ""
+
+
+class Cluster(Meta):
+    """The swarm itself (GET /swarm). There is one, with ID = the cluster ID."""
+
+    spec: SwarmSpec = SwarmSpec()
+    tls_info: Any | None = field(name="TLSInfo", default=None)
+    root_rotation_in_progress: bool = False
+    default_addr_pool: list[str] | None = None
+    subnet_size: int = 0
+    data_path_port: int = 0
+    join_tokens: JoinTokens = JoinTokens()
+
+
+# Every kind of object the store holds. The store keys its tables by these classes.
+STORED_KINDS: tuple[type[Meta], ...] = (Cluster, Node, Service, Task)
