@@ -47,7 +47,7 @@ demo-down: venv
 	$(PY) tools/demo.py down
 
 bench: setup
-	$(PY) bench/run_all.py
+	$(PY) -m bench.run_all
 
 clean:
 	rm -rf build $(VENV) *.egg-info

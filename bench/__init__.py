@@ -1,0 +1,1 @@
+"""Benchmarks: each prints a table; results go to docs/benchmarks.md with the command."""
