@@ -65,7 +65,7 @@ class SessionError(msgspec.Struct, tag="error", frozen=True, kw_only=True):
 Message = Register | Registered | Heartbeat | StatusBatch | Assignments | SessionError
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Message)  # type: ignore[arg-type]
+_decoder = msgspec.msgpack.Decoder(Message)
 _HEADER = struct.Struct(">I")
 
 

@@ -6,6 +6,7 @@ manager. Each method raises `shoal.api.errors` exceptions for the caller's mista
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Protocol
@@ -39,17 +40,17 @@ class ImageService(Protocol):
         """Docker's ImageInspect shape; NotFound('No such image: ref')."""
         ...
 
-    async def import_rootfs(self, data: AsyncIterator[bytes], ref: str, changes: list[str]) -> str:
+    async def import_rootfs(self, data: AsyncIterator[bytes], ref: str, changes: builtins.list[str]) -> str:
         """Like `docker import`: a rootfs tarball (optionally gzip) -> image; returns "sha256:<id>"."""
         ...
 
-    async def load(self, data: AsyncIterator[bytes]) -> list[str]:
+    async def load(self, data: AsyncIterator[bytes]) -> builtins.list[str]:
         """A docker-save or OCI-layout archive; returns the names loaded ("busybox:latest")."""
         ...
 
     def tag(self, source: str, ref: str) -> None: ...
 
-    def remove(self, ref: str, force: bool) -> list[dict[str, str]]:
+    def remove(self, ref: str, force: bool) -> builtins.list[dict[str, str]]:
         """Docker's delete response: [{"Untagged": ...}, {"Deleted": ...}]."""
         ...
 

@@ -30,11 +30,11 @@ class Base(msgspec.Struct, rename="pascal", omit_defaults=True, frozen=True, kw_
 
 
 # ---------------------------------------------------------------------------------------------- meta
-class Version(Base):
+class Version(Base, frozen=True):
     index: int = 0
 
 
-class Meta(Base):
+class Meta(Base, frozen=True):
     """Fields every stored object carries; the store writes `version`, `created_at`, `updated_at`."""
 
     id: str = field(name="ID", default="")
@@ -44,51 +44,51 @@ class Meta(Base):
 
 
 # ------------------------------------------------------------------------------------------- service
-class Limits(Base):
+class Limits(Base, frozen=True):
     nano_cpus: int = field(name="NanoCPUs", default=0)
     memory_bytes: int = 0
     pids: int = 0
 
 
-class Reservations(Base):
+class Reservations(Base, frozen=True):
     nano_cpus: int = field(name="NanoCPUs", default=0)
     memory_bytes: int = 0
     generic_resources: list[Any] | None = None
 
 
-class Resources(Base):
+class Resources(Base, frozen=True):
     limits: Limits | None = None
     reservations: Reservations | None = None
 
 
-class RestartPolicy(Base):
+class RestartPolicy(Base, frozen=True):
     condition: str = ""  # none | on-failure | any ("" means any)
     delay: int | None = None  # ns; default 5 s
     max_attempts: int | None = None  # 0 or None: unlimited
     window: int | None = None  # ns; 0 or None: unbounded
 
 
-class SpreadOver(Base):
+class SpreadOver(Base, frozen=True):
     spread_descriptor: str = ""
 
 
-class PlacementPreference(Base):
+class PlacementPreference(Base, frozen=True):
     spread: SpreadOver | None = None
 
 
-class Platform(Base):
+class Platform(Base, frozen=True):
     architecture: str = ""
     os: str = field(name="OS", default="")
 
 
-class Placement(Base):
+class Placement(Base, frozen=True):
     constraints: list[str] | None = None
     preferences: list[PlacementPreference] | None = None
     max_replicas: int = 0
     platforms: list[Platform] | None = None
 
 
-class ContainerSpec(Base):
+class ContainerSpec(Base, frozen=True):
     image: str = ""
     labels: dict[str, str] | None = None
     command: list[str] | None = None  # --entrypoint
@@ -117,18 +117,18 @@ class ContainerSpec(Base):
     ulimits: list[Any] | None = None
 
 
-class NetworkAttachmentConfig(Base):
+class NetworkAttachmentConfig(Base, frozen=True):
     target: str = ""
     aliases: list[str] | None = None
     driver_opts: dict[str, str] | None = None
 
 
-class Driver(Base):
+class Driver(Base, frozen=True):
     name: str = ""
     options: dict[str, str] | None = None
 
 
-class TaskSpec(Base):
+class TaskSpec(Base, frozen=True):
     container_spec: ContainerSpec | None = None
     resources: Resources | None = None
     restart_policy: RestartPolicy | None = None
@@ -139,22 +139,22 @@ class TaskSpec(Base):
     runtime: str = ""
 
 
-class ReplicatedService(Base):
+class ReplicatedService(Base, frozen=True):
     replicas: int | None = None
 
 
-class GlobalService(Base):
+class GlobalService(Base, frozen=True):
     pass
 
 
-class ServiceMode(Base):
+class ServiceMode(Base, frozen=True):
     replicated: ReplicatedService | None = None
     global_: GlobalService | None = field(name="Global", default=None)
     replicated_job: Any | None = None
     global_job: Any | None = None
 
 
-class UpdateConfig(Base):
+class UpdateConfig(Base, frozen=True):
     parallelism: int = 0
     delay: int = 0
     failure_action: str = ""
@@ -163,7 +163,7 @@ class UpdateConfig(Base):
     order: str = ""
 
 
-class PortConfig(Base):
+class PortConfig(Base, frozen=True):
     name: str = ""
     protocol: str = ""
     target_port: int = 0
@@ -171,12 +171,12 @@ class PortConfig(Base):
     publish_mode: str = ""
 
 
-class EndpointSpec(Base):
+class EndpointSpec(Base, frozen=True):
     mode: str = ""
     ports: list[PortConfig] | None = None
 
 
-class ServiceSpec(Base):
+class ServiceSpec(Base, frozen=True):
     name: str = ""
     labels: dict[str, str] | None = None
     task_template: TaskSpec = TaskSpec()
@@ -186,31 +186,31 @@ class ServiceSpec(Base):
     endpoint_spec: EndpointSpec | None = None
 
 
-class VirtualIP(Base):
+class VirtualIP(Base, frozen=True):
     network_id: str = field(name="NetworkID", default="")
     addr: str = ""
 
 
-class Endpoint(Base):
+class Endpoint(Base, frozen=True):
     spec: EndpointSpec | None = None
     ports: list[PortConfig] | None = None
     virtual_ips: list[VirtualIP] | None = field(name="VirtualIPs", default=None)
 
 
-class UpdateStatus(Base):
+class UpdateStatus(Base, frozen=True):
     state: str = ""
     started_at: dt.datetime | None = None
     completed_at: dt.datetime | None = None
     message: str = ""
 
 
-class ServiceStatus(Base):
+class ServiceStatus(Base, frozen=True):
     running_tasks: int = 0
     desired_tasks: int = 0
     completed_tasks: int = 0
 
 
-class Service(Meta):
+class Service(Meta, frozen=True):
     spec: ServiceSpec = ServiceSpec()
     previous_spec: ServiceSpec | None = None
     endpoint: Endpoint | None = None
@@ -219,13 +219,13 @@ class Service(Meta):
 
 
 # ---------------------------------------------------------------------------------------------- task
-class ContainerStatus(Base):
+class ContainerStatus(Base, frozen=True):
     container_id: str = field(name="ContainerID", default="")
     pid: int = field(name="PID", default=0)
     exit_code: int = 0
 
 
-class TaskStatus(Base):
+class TaskStatus(Base, frozen=True):
     timestamp: dt.datetime = EPOCH
     state: TaskState = TaskState.NEW
     message: str = ""
@@ -234,7 +234,7 @@ class TaskStatus(Base):
     port_status: Any | None = None
 
 
-class Task(Meta):
+class Task(Meta, frozen=True):
     name: str = ""  # "<service>.<slot>.<id>" (swarmkit's naming); the API derives display names
     labels: dict[str, str] | None = None
     spec: TaskSpec = TaskSpec()
@@ -247,28 +247,31 @@ class Task(Meta):
     # Which spec of the service this task was made from (the service's Version.Index when the spec
     # last changed). Shoal-specific: lets the orchestrator see a dirty task without comparing specs.
     service_version: int = 0
+    # Shoal-specific: how many restarts of this same spec in this slot preceded this task (the restart
+    # supervisor's MaxAttempts count; swarmkit keeps it in memory and loses it on leader change).
+    restart_count: int = 0
 
 
 # ---------------------------------------------------------------------------------------------- node
-class NodeSpec(Base):
+class NodeSpec(Base, frozen=True):
     name: str = ""
     labels: dict[str, str] | None = None
     role: str = ""  # worker | manager
     availability: str = ""  # active | pause | drain
 
 
-class NodeResources(Base):
+class NodeResources(Base, frozen=True):
     nano_cpus: int = field(name="NanoCPUs", default=0)
     memory_bytes: int = 0
 
 
-class EngineDescription(Base):
+class EngineDescription(Base, frozen=True):
     engine_version: str = ""
     labels: dict[str, str] | None = None
     plugins: list[Any] | None = None
 
 
-class NodeDescription(Base):
+class NodeDescription(Base, frozen=True):
     hostname: str = ""
     platform: Platform = Platform()
     resources: NodeResources = NodeResources()
@@ -276,19 +279,19 @@ class NodeDescription(Base):
     tls_info: Any | None = field(name="TLSInfo", default=None)
 
 
-class NodeStatus(Base):
+class NodeStatus(Base, frozen=True):
     state: str = ""  # unknown | down | ready | disconnected
     message: str = ""
     addr: str = ""
 
 
-class ManagerStatus(Base):
+class ManagerStatus(Base, frozen=True):
     leader: bool = False
     reachability: str = ""
     addr: str = ""
 
 
-class Node(Meta):
+class Node(Meta, frozen=True):
     spec: NodeSpec = NodeSpec()
     description: NodeDescription = NodeDescription()
     status: NodeStatus = NodeStatus()
@@ -296,11 +299,11 @@ class Node(Meta):
 
 
 # ------------------------------------------------------------------------------------------- cluster
-class OrchestrationConfig(Base):
+class OrchestrationConfig(Base, frozen=True):
     task_history_retention_limit: int | None = None
 
 
-class RaftConfig(Base):
+class RaftConfig(Base, frozen=True):
     snapshot_interval: int = 0
     keep_old_snapshots: int = 0
     log_entries_for_slow_followers: int = 0
@@ -308,19 +311,19 @@ class RaftConfig(Base):
     heartbeat_tick: int = 0
 
 
-class DispatcherConfig(Base):
+class DispatcherConfig(Base, frozen=True):
     heartbeat_period: int = 0  # ns
 
 
-class CAConfig(Base):
+class CAConfig(Base, frozen=True):
     node_cert_expiry: int = 0  # ns
 
 
-class EncryptionConfig(Base):
+class EncryptionConfig(Base, frozen=True):
     auto_lock_managers: bool = False
 
 
-class SwarmSpec(Base):
+class SwarmSpec(Base, frozen=True):
     name: str = ""
     labels: dict[str, str] | None = None
     orchestration: OrchestrationConfig = OrchestrationConfig()
@@ -331,12 +334,12 @@ class SwarmSpec(Base):
     encryption_config: EncryptionConfig = EncryptionConfig()
 
 
-class JoinTokens(Base):
+class JoinTokens(Base, frozen=True):
     worker: str = ""
     manager: str = ""
 
 
-class Cluster(Meta):
+class Cluster(Meta, frozen=True):
     """The swarm itself (GET /swarm). There is one, with ID = the cluster ID."""
 
     spec: SwarmSpec = SwarmSpec()
