@@ -83,7 +83,7 @@ def address_of(pid: int) -> str:
 
 
 def fetch(addr: str) -> str:
-    with urllib.request.urlopen(f"http://{addr}/", timeout=2) as resp:  # noqa: S310 - local bridge
+    with urllib.request.urlopen(f"http://{addr}/", timeout=2) as resp:
         return resp.read().decode().strip()
 
 
@@ -167,8 +167,9 @@ def up() -> None:
     wait_for("5 replicas", lambda: len(task_pids("web")) == 5, 60)
     shoal("service", "ls")
     show_answers("web")
-    say(f"Done in {time.monotonic() - started:.1f}s. The cluster stays up: try `.venv/bin/shoal service ps web`"
-        " or `DOCKER_HOST=unix:///run/shoal/shoal.sock docker service ls`; `make demo-down` stops it.")
+    say(f"Done in {time.monotonic() - started:.1f}s. The cluster stays up: try "
+        "`.venv/bin/shoal service ps web` or "
+        "`DOCKER_HOST=unix:///run/shoal/shoal.sock docker service ls`; `make demo-down` stops it.")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,127 @@
+"""`shoald` (and `shoal daemon`): wires the store, image store, executor, logs, cluster control and
+the Docker API together, serves until SIGTERM/SIGINT, then shuts down cleanly.
+
+Only this package imports every layer. Shutdown stops the API, the agent, the manager, the log
+collector and the store, but leaves containers running (like dockerd with live-restore): the next
+start on the same data root adopts them, so a daemon upgrade or crash never restarts workloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from shoal.agent.exec.crun import CrunExecutor
+from shoal.agent.images.store import ImageStore
+from shoal.agent.logs import FileLogSource, LogCollector
+from shoal.api.clock import Clock, SystemClock
+from shoal.api.types import EngineDescription, NodeDescription, NodeResources, Platform
+from shoal.apiserver.docker.app import ApiServer, make_app
+from shoal.apiserver.docker.context import ApiContext, EngineInfo
+from shoal.apiserver.http import ENGINE_VERSION
+from shoal.daemon import config as cfg
+from shoal.daemon.cluster import ClusterControl
+from shoal.daemon.images import preload_images
+from shoal.manager.component import Component
+from shoal.store.protocol import Store
+from shoal.store.sqlite import SqliteStore
+
+log = logging.getLogger("shoald")
+
+
+def setup_logging(config: cfg.Config) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(config.log_level.upper())
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(config.data_root / "shoald.log")):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+
+
+def engine_info(config: cfg.Config) -> EngineInfo:
+    return EngineInfo(hostname=cfg.hostname(), data_root=str(config.data_root),
+                      kernel_version=cfg.kernel_version(), operating_system=cfg.operating_system(),
+                      architecture=_machine(), ncpu=max(1, config.nano_cpus // 1_000_000_000),
+                      mem_total=config.memory_bytes, labels=config.labels, runtime=config.runtime,
+                      listen_addr=config.listen_addr)
+
+
+def _machine() -> str:
+    import platform
+
+    return platform.machine()
+
+
+def node_description(config: cfg.Config) -> NodeDescription:
+    go_arch = {"x86_64": "x86_64", "aarch64": "aarch64"}.get(_machine(), _machine())
+    return NodeDescription(
+        hostname=cfg.hostname(), platform=Platform(architecture=go_arch, os="linux"),
+        resources=NodeResources(nano_cpus=config.nano_cpus, memory_bytes=config.memory_bytes),
+        engine=EngineDescription(engine_version=ENGINE_VERSION, labels=config.labels or None))
+
+
+def build_orchestrators(store: Store, clock: Clock) -> Sequence[Component]:
+    """The orchestrator components the Manager runs first (replicated, global, restart, reaper).
+    Wire the orchestrator package's reconcile component here once it lands; until then the
+    manager runs without one and services get no tasks."""
+    return ()
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received: shutting down (containers keep running)")
+
+
+async def run(config: cfg.Config) -> None:
+    clock = SystemClock()
+    store = SqliteStore(config.data_root / "store.db")
+    await store.open()
+    images = ImageStore(config.data_root / "images")
+    await preload_images(images, config.load_images)
+    capacity = NodeResources(nano_cpus=config.nano_cpus, memory_bytes=config.memory_bytes)
+    executor = CrunExecutor(data_root=config.data_root, images=images, bridge_cidr=config.bridge_cidr,
+                            capacity=capacity, runtime=config.runtime)
+    await executor.setup()  # refuses a --bridge-cidr that overlaps a host route
+    collector = LogCollector(config.data_root)
+    control = ClusterControl(store=store, executor=executor, clock=clock, state_dir=config.data_root,
+                             description=lambda: node_description(config),
+                             orchestrators=build_orchestrators)
+    context = ApiContext(store=store, images=images, logs=FileLogSource(config.data_root, collector),
+                         swarm=control, clock=clock, engine=engine_info(config))
+    api = ApiServer(make_app(context), config.hosts)
+    try:
+        collector.start()
+        await control.resume()
+        await api.start()
+        log.info("shoald ready (data root %s)", config.data_root)
+        await _wait_for_signal()
+    finally:
+        await api.stop()
+        await control.stop()
+        await collector.stop()
+        await store.close()
+        log.info("shoald stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = cfg.parse_args(argv)
+    Path(config.data_root).mkdir(parents=True, exist_ok=True)
+    setup_logging(config)
+    try:
+        asyncio.run(run(config))
+    except ValueError as e:  # e.g. a --bridge-cidr overlapping a host route
+        log.error("%s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

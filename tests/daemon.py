@@ -1,0 +1,217 @@
+"""A real `shoald` subprocess for integration and compatibility tests, and `wait_for`.
+
+`Daemon(tmp_dir)` starts the .venv's shoald with values unique to it (data root and API socket
+in tmp_dir, a bridge subnet no host route and no other daemon of this run uses), preloads
+build/images/busybox.tar, and waits until `/_ping` answers. `stop()` sends SIGTERM and then
+removes whatever the daemon left on the host (containers, mounts, netns, cgroups, bridge), since
+shoald deliberately leaves containers running when it stops. Used as a context manager by
+tests/conftest.py and tests/compat/*.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUSYBOX_TAR = REPO_ROOT / "build" / "images" / "busybox.tar"
+SHOALD = Path(sys.executable).parent / "shoald"
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+_counter = itertools.count()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.1) -> Any:
+    """Poll `predicate` until it returns something truthy (returned) or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as e:  # a transient failure (e.g. the daemon restarting) is retried
+            last_error = e
+        if time.monotonic() > deadline:
+            extra = f" (last error: {last_error!r})" if last_error else ""
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message}{extra}")
+        time.sleep(interval)
+
+
+def _host_networks() -> list[ipaddress.IPv4Network]:
+    out = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+    nets = []
+    for line in out.splitlines():
+        first = line.split()[0] if line.split() else ""
+        if first in ("default", "broadcast", "local", "unreachable", "blackhole"):
+            continue
+        with contextlib.suppress(ValueError):
+            nets.append(ipaddress.ip_network(first, strict=False))
+    return [n for n in nets if isinstance(n, ipaddress.IPv4Network)]
+
+
+def unique_bridge_cidr() -> str:
+    """10.2xx.y.0/24 from this process and a counter, skipping any subnet a host route touches."""
+    taken = _host_networks()
+    for _ in range(256):
+        n = next(_counter)
+        candidate = ipaddress.ip_network(f"10.{200 + (os.getpid() + n // 256) % 50}.{n % 256}.0/24")
+        if not any(candidate.overlaps(t) for t in taken):
+            return str(candidate)
+    raise RuntimeError("no free 10.2xx.y.0/24 subnet for a test daemon")
+
+
+def instance_tag(data_root: Path) -> str:
+    """As shoald names its host objects (docs/architecture.md): sha256(realpath(D))[:8]."""
+    return hashlib.sha256(os.path.realpath(data_root).encode()).hexdigest()[:8]
+
+
+class Daemon:
+    def __init__(self, tmp_dir: Path, *, extra_args: list[str] | None = None) -> None:
+        self.tmp_dir = Path(tmp_dir)
+        self.data_root = self.tmp_dir / "data"
+        self.socket = self.tmp_dir / "shoal.sock"
+        self.url = "http://shoal"
+        self.bridge_cidr = unique_bridge_cidr()
+        self.tag = instance_tag(self.data_root) if self.data_root.exists() else ""
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._client: httpx.Client | None = None
+
+    # ---------------------------------------------------------------------------- lifecycle
+    def __enter__(self) -> Daemon:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "daemon not started"
+        return self.proc.pid
+
+    def start(self) -> None:
+        self.data_root.mkdir(parents=True, exist_ok=True)
+        self.tag = instance_tag(self.data_root)
+        args = [str(SHOALD), "--data-root", str(self.data_root), "--host", f"unix://{self.socket}",
+                "--bridge-cidr", self.bridge_cidr, "--log-level", "debug", *self.extra_args]
+        if BUSYBOX_TAR.is_file():
+            args += ["--load-image", str(BUSYBOX_TAR)]
+        log = open(self.tmp_dir / "shoald.stderr", "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        log.close()
+        wait_for(self._answers_ping, START_TIMEOUT_S, f"shoald to answer /_ping on {self.socket}")
+
+    def _answers_ping(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"shoald exited with {self.proc.returncode}:\n{self.stderr_tail()}")
+        return self.api("GET", "/_ping").status_code == 200
+
+    def stderr_tail(self, lines: int = 40) -> str:
+        path = self.tmp_dir / "shoald.stderr"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def kill9(self) -> None:
+        """SIGKILL the daemon (containers survive it) and wait for it to be gone."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=STOP_TIMEOUT_S)
+        self._close_client()
+
+    def restart(self) -> None:
+        """Start again on the same data root (after kill9 or a stop without cleanup)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self._terminate()
+        self.start()
+
+    def _terminate(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
+        self._close_client()
+
+    def stop(self) -> None:
+        """SIGTERM, wait, then remove what the daemon left on the host."""
+        if self.proc is not None and self.proc.poll() is None:
+            self._terminate()
+        self._close_client()
+        if self.tag:
+            cleanup_host(self.tag, self.data_root)
+
+    # ---------------------------------------------------------------------------- API
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            transport = httpx.HTTPTransport(uds=str(self.socket))
+            self._client = httpx.Client(transport=transport, base_url=self.url, timeout=60.0)
+        return self._client
+
+    def _close_client(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def api(self, method: str, path: str, json: Any = None, **kwargs: Any) -> httpx.Response:
+        return self.client().request(method, path, json=json, **kwargs)
+
+
+# -------------------------------------------------------------------------------- host cleanup
+def _run(*args: str) -> str:
+    return subprocess.run(list(args), capture_output=True, text=True).stdout
+
+
+def cleanup_host(tag: str, data_root: Path) -> None:
+    """Remove the containers, mounts, netns, cgroups and bridge of instance `tag`."""
+    crun_root = f"/run/shoal/crun-{tag}"
+    if Path(crun_root).is_dir():
+        for line in _run("crun", "--root", crun_root, "list", "-q").split():
+            _run("crun", "--root", crun_root, "kill", line, "KILL")
+            _run("crun", "--root", crun_root, "delete", "--force", line)
+        shutil.rmtree(crun_root, ignore_errors=True)
+    for mount in reversed(mounts_under(data_root)):
+        _run("umount", "-l", mount)
+    for ns in netns_of(tag):
+        _run("ip", "netns", "delete", ns)
+    for cgroup in cgroups_of(tag):
+        for sub in sorted((p for p in cgroup.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            with contextlib.suppress(OSError):
+                sub.rmdir()
+        with contextlib.suppress(OSError):
+            cgroup.rmdir()
+    _run("ip", "link", "delete", f"shb-{tag}")
+
+
+def mounts_under(data_root: Path) -> list[str]:
+    root = os.path.realpath(data_root)
+    with open("/proc/self/mounts", encoding="utf-8") as f:
+        points = [line.split()[1] for line in f if len(line.split()) > 1]
+    return [p for p in points if p == root or p.startswith(root + "/")]
+
+
+def netns_of(tag: str) -> list[str]:
+    return [line.split()[0] for line in _run("ip", "netns", "list").splitlines()
+            if line.startswith(f"shoal-{tag}-")]
+
+
+def cgroups_of(tag: str) -> list[Path]:
+    return [p for p in Path("/sys/fs/cgroup").glob(f"*/shoal-{tag}") if p.is_dir()]
