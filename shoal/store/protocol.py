@@ -21,7 +21,7 @@ from typing import Literal, Protocol, TypeVar
 
 import msgspec
 
-from shoal.api.types import Meta
+from shoal.api.types import Meta, Task
 
 T = TypeVar("T", bound=Meta)
 R = TypeVar("R")
@@ -55,11 +55,11 @@ class ReadTx(Protocol):
         """Services by Spec.Name, Nodes by Description.Hostname (first match), others by Spec.Name."""
         ...
 
-    def tasks_of_service(self, service_id: str) -> Iterable[T]:
+    def tasks_of_service(self, service_id: str) -> Iterable[Task]:
         """Tasks whose ServiceID is `service_id` (indexed)."""
         ...
 
-    def tasks_of_node(self, node_id: str) -> Iterable[T]:
+    def tasks_of_node(self, node_id: str) -> Iterable[Task]:
         """Tasks whose NodeID is `node_id` (indexed)."""
         ...
 
