@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
-import itertools
 import os
 import shutil
 import signal
@@ -32,7 +31,6 @@ BUSYBOX_TAR = REPO_ROOT / "build" / "images" / "busybox.tar"
 SHOALD = Path(sys.executable).parent / "shoald"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
-_counter = itertools.count()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.1) -> Any:
@@ -64,15 +62,49 @@ def _host_networks() -> list[ipaddress.IPv4Network]:
     return [n for n in nets if isinstance(n, ipaddress.IPv4Network)]
 
 
-def unique_bridge_cidr() -> str:
-    """10.2xx.y.0/24 from this process and a counter, skipping any subnet a host route touches."""
+CIDR_CLAIMS = Path("/run/shoal/test-cidrs")
+
+
+def unique_bridge_cidr(prefix: int = 24) -> str:
+    """A 10.2xx.y.0/prefix subnet that no host route touches and no other live test process holds.
+
+    Each subnet is claimed with an O_EXCL file holding the claimer's PID, so parallel pytest
+    workers never pick the same one; a claim whose process is gone is taken over.
+    """
+    CIDR_CLAIMS.mkdir(parents=True, exist_ok=True)
     taken = _host_networks()
-    for _ in range(256):
-        n = next(_counter)
-        candidate = ipaddress.ip_network(f"10.{200 + (os.getpid() + n // 256) % 50}.{n % 256}.0/24")
-        if not any(candidate.overlaps(t) for t in taken):
-            return str(candidate)
-    raise RuntimeError("no free 10.2xx.y.0/24 subnet for a test daemon")
+    step = 1 << (24 - prefix) if prefix <= 24 else 1
+    for n in range(0, 50 * 256, step):
+        candidate = ipaddress.ip_network(f"10.{200 + n // 256}.{n % 256}.0/{prefix}")
+        if any(candidate.overlaps(t) for t in taken) or not _claim(candidate):
+            continue
+        return str(candidate)
+    raise RuntimeError("no free 10.2xx.y.0 subnet for a test daemon")
+
+
+def _claim(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    claim = CIDR_CLAIMS / str(net.network_address)
+    for _ in range(2):
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            with contextlib.suppress(OSError, ValueError):
+                owner = int(claim.read_text() or "0")
+                if owner and not Path(f"/proc/{owner}").exists():
+                    claim.unlink()  # its process is gone: the subnet is free again
+                    continue
+            return False
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    return False
+
+
+def release_bridge_cidr(cidr: str) -> None:
+    claim = CIDR_CLAIMS / str(ipaddress.ip_network(cidr).network_address)
+    with contextlib.suppress(OSError, ValueError):
+        if int(claim.read_text()) == os.getpid():
+            claim.unlink()
 
 
 def instance_tag(data_root: Path) -> str:
@@ -81,12 +113,13 @@ def instance_tag(data_root: Path) -> str:
 
 
 class Daemon:
-    def __init__(self, tmp_dir: Path, *, extra_args: list[str] | None = None) -> None:
+    def __init__(self, tmp_dir: Path, *, extra_args: list[str] | None = None,
+                 bridge_prefix: int = 24) -> None:
         self.tmp_dir = Path(tmp_dir)
         self.data_root = self.tmp_dir / "data"
         self.socket = self.tmp_dir / "shoal.sock"
         self.url = "http://shoal"
-        self.bridge_cidr = unique_bridge_cidr()
+        self.bridge_cidr = unique_bridge_cidr(bridge_prefix)
         self.tag = instance_tag(self.data_root) if self.data_root.exists() else ""
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
@@ -158,6 +191,7 @@ class Daemon:
         self._close_client()
         if self.tag:
             cleanup_host(self.tag, self.data_root)
+        release_bridge_cidr(self.bridge_cidr)
 
     # ---------------------------------------------------------------------------- API
     def client(self) -> httpx.Client:

@@ -1,0 +1,250 @@
+"""The Dispatcher component: agent sessions, task assignments, status reports and heartbeats.
+
+Started and stopped by manager/manager.py; the daemon hands each agent connection to
+`Manager.serve_agent`, which calls `Dispatcher.serve(reader, writer)` for the whole session
+(frames of shoal/api/protocol.py):
+
+  1. Register: the node must already exist (bootstrap or join made it); the dispatcher sets its
+     Status ready, Addr and Description, and answers Registered with the cluster's heartbeat
+     period, then Assignments(full=True).
+  2. Store changes to the node's tasks become incremental Assignments, batched per ~50 ms.
+  3. StatusBatch: each update is applied in one transaction per batch, only if its state ranks at
+     least the stored one (states only move forward) and only to this node's tasks; DesiredState
+     and Spec are never touched (the manager owns them).
+  4. A node silent for 3 heartbeat periods is marked down ("heartbeat failure") and its session
+     closed; a session that ends otherwise also marks its node down, unless a newer session of the
+     same node has replaced it.
+After start, nodes the store says are ready get 6 periods to register before they are marked down,
+as swarmkit does after a leader change (their agents may be reconnecting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import msgspec
+
+from shoal.api import protocol
+from shoal.api.clock import Clock
+from shoal.api.defaults import HEARTBEAT_PERIOD_NS
+from shoal.api.errors import NotFound
+from shoal.api.protocol import Heartbeat, Register, Registered, SessionError, StatusBatch, TaskStatusUpdate
+from shoal.api.types import Cluster, Node, NodeStatus, Task
+from shoal.manager.dispatcher.assignments import AssignmentSet
+from shoal.store.protocol import Change, ReadTx, Store, Watch, WriteTx
+
+log = logging.getLogger(__name__)
+
+GRACE_MULTIPLIER = 3
+STARTUP_GRACE_MULTIPLIER = 6
+HEARTBEAT_FAILURE = "heartbeat failure"
+SESSION_ENDED = "node session ended"
+_SESSION_ERRORS = (asyncio.IncompleteReadError, ConnectionError, ValueError, msgspec.DecodeError)
+
+
+@dataclass(eq=False)
+class Session:
+    node_id: str
+    writer: asyncio.StreamWriter
+    period_s: float
+    last_seen: float
+    assignments: AssignmentSet
+    expired: bool = False
+    backlog: list[Change] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def heartbeat_period_ns(tx: ReadTx) -> int:
+    """The cluster's configured period, or Shoal's default when unset."""
+    for cluster in tx.list(Cluster):
+        if cluster.spec.dispatcher.heartbeat_period > 0:
+            return cluster.spec.dispatcher.heartbeat_period
+    return HEARTBEAT_PERIOD_NS
+
+
+class Dispatcher:
+    """Component (start/stop) serving agent sessions. `check_heartbeats()` is one monitor pass."""
+
+    def __init__(self, store: Store, clock: Clock, *, batch_s: float = 0.05,
+                 register_timeout_s: float = 30.0) -> None:
+        self._store, self._clock = store, clock
+        self._batch_s, self._register_timeout_s = batch_s, register_timeout_s
+        self._sessions: dict[str, Session] = {}
+        self._unregistered: dict[str, float] = {}  # node id -> monotonic deadline to register by
+        self._monitor: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        view = self._store.view()
+        period_s = heartbeat_period_ns(view) / 1e9
+        deadline = self._clock.monotonic() + STARTUP_GRACE_MULTIPLIER * period_s
+        self._unregistered = {n.id: deadline for n in view.list(Node)
+                              if n.status.state == "ready" and n.id not in self._sessions}
+        self._monitor = asyncio.create_task(self._monitor_loop(period_s), name="dispatcher-heartbeats")
+
+    async def stop(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+            self._monitor = None
+        for session in list(self._sessions.values()):
+            session.writer.close()  # ends its serve(): the reader sees end of stream
+
+    def connected_nodes(self) -> list[str]:
+        return sorted(self._sessions)
+
+    # ---------------------------------------------------------------------------------- session
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Run one agent session until the stream ends, the node expires or the dispatcher stops."""
+        session: Session | None = None
+        try:
+            first = await asyncio.wait_for(protocol.read_message(reader), self._register_timeout_s)
+            if not isinstance(first, Register):
+                await protocol.write_message(writer, SessionError(message="expected register first"))
+                return
+            session = await self._register(first, writer)
+            if session is not None:
+                await self._run(session, reader)
+        except (*_SESSION_ERRORS, TimeoutError) as exc:
+            log.info("agent session %s ended: %r", session.node_id if session else "?", exc)
+        finally:
+            if session is not None:
+                await self._end(session)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _register(self, msg: Register, writer: asyncio.StreamWriter) -> Session | None:
+        def register(tx: WriteTx) -> int:
+            node = tx.get(Node, msg.node_id)
+            if node is None:
+                raise NotFound(f"node {msg.node_id} not found")
+            status = NodeStatus(state="ready", addr=msg.addr or node.status.addr)
+            tx.update(msgspec.structs.replace(node, description=msg.description, status=status))
+            return heartbeat_period_ns(tx)
+
+        try:
+            period_ns = await self._store.update(register)
+        except NotFound as exc:
+            await protocol.write_message(writer, SessionError(message=exc.message))
+            return None
+        old = self._sessions.get(msg.node_id)
+        if old is not None:
+            old.writer.close()  # the agent reconnected: the newer session wins
+        self._unregistered.pop(msg.node_id, None)
+        session = Session(node_id=msg.node_id, writer=writer, period_s=period_ns / 1e9,
+                          last_seen=self._clock.monotonic(), assignments=AssignmentSet(msg.node_id))
+        self._sessions[msg.node_id] = session
+        await protocol.write_message(writer, Registered(node_id=msg.node_id, heartbeat_period_ns=period_ns))
+        return session
+
+    async def _run(self, session: Session, reader: asyncio.StreamReader) -> None:
+        def node_tasks(tx: ReadTx) -> list[Task]:
+            tasks: list[Task] = list(tx.tasks_of_node(session.node_id))
+            return tasks
+
+        tasks, watch = self._store.view_and_watch(node_tasks, kinds=(Task,))
+        runners = [asyncio.create_task(self._collect(session, watch)),
+                   asyncio.create_task(self._stream(session))]
+        try:
+            await protocol.write_message(session.writer, session.assignments.full(tasks))
+            await self._read_loop(session, reader)
+        finally:
+            watch.close()
+            for runner in runners:
+                runner.cancel()
+            for runner in runners:
+                with contextlib.suppress(asyncio.CancelledError, *_SESSION_ERRORS):
+                    await runner
+
+    async def _end(self, session: Session) -> None:
+        if self._sessions.get(session.node_id) is not session:
+            return  # replaced by a newer session of the same node: it is not down
+        del self._sessions[session.node_id]
+        if not session.expired:
+            await self._mark_down(session.node_id, SESSION_ENDED)
+
+    # ------------------------------------------------------------------------------ assignments
+    async def _collect(self, session: Session, watch: Watch) -> None:
+        """Queue the node's task changes; `_stream` sends them in batches."""
+        async for changes in watch:
+            session.backlog.extend(c for c in changes if isinstance(c.obj, Task)
+                                   and (c.obj.node_id == session.node_id))
+            if session.backlog:
+                session.wake.set()
+
+    async def _stream(self, session: Session) -> None:
+        while True:
+            await session.wake.wait()
+            await self._clock.sleep(self._batch_s)  # one frame per burst of changes
+            session.wake.clear()
+            changes, session.backlog = session.backlog, []
+            message = session.assignments.diff(changes)
+            if message is not None:
+                await protocol.write_message(session.writer, message)
+
+    # ------------------------------------------------------------------------------- agent input
+    async def _read_loop(self, session: Session, reader: asyncio.StreamReader) -> None:
+        while True:
+            message = await protocol.read_message(reader)
+            session.last_seen = self._clock.monotonic()
+            if isinstance(message, StatusBatch):
+                await self.apply_statuses(session.node_id, message.updates)
+            elif not isinstance(message, Heartbeat):
+                log.warning("node %s sent an unexpected %s", session.node_id, type(message).__name__)
+
+    async def apply_statuses(self, node_id: str, updates: list[TaskStatusUpdate]) -> int:
+        """Write the node's task status reports in one transaction; returns how many were applied."""
+        def apply(tx: WriteTx) -> int:
+            applied = 0
+            for update in updates:
+                task = tx.get(Task, update.task_id)
+                # Unknown tasks, other nodes' tasks and older observations are ignored.
+                if task is None or task.node_id != node_id or update.status == task.status:
+                    continue
+                if update.status.state < task.status.state:
+                    continue
+                tx.update(msgspec.structs.replace(task, status=update.status))
+                applied += 1
+            return applied
+
+        return await self._store.update(apply)
+
+    # -------------------------------------------------------------------------------- heartbeats
+    async def _monitor_loop(self, period_s: float) -> None:
+        while True:
+            await self._clock.sleep(period_s / 2)
+            try:
+                await self.check_heartbeats()
+            except Exception:
+                log.exception("heartbeat check failed")
+
+    async def check_heartbeats(self) -> list[str]:
+        """Mark down every node past its deadline; returns their ids."""
+        now = self._clock.monotonic()
+        expired: list[str] = []
+        for session in list(self._sessions.values()):
+            if not session.expired and now - session.last_seen > GRACE_MULTIPLIER * session.period_s:
+                session.expired = True
+                session.writer.close()
+                expired.append(session.node_id)
+        for node_id, deadline in list(self._unregistered.items()):
+            if now > deadline:
+                del self._unregistered[node_id]
+                expired.append(node_id)
+        for node_id in expired:
+            await self._mark_down(node_id, HEARTBEAT_FAILURE)
+        return expired
+
+    async def _mark_down(self, node_id: str, message: str) -> None:
+        def mark(tx: WriteTx) -> None:
+            node = tx.get(Node, node_id)
+            if node is None or (node.status.state == "down" and node.status.message == message):
+                return
+            status = msgspec.structs.replace(node.status, state="down", message=message)
+            tx.update(msgspec.structs.replace(node, status=status))
+
+        await self._store.update(mark)
