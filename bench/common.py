@@ -20,9 +20,11 @@ def percentile(values: list[float], pct: float) -> float:
 def table(title: str, header: list[str], rows: list[list[object]]) -> str:
     cells = [header] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = [f"### {title}", "", "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells[1:]]
+    def row(values: list[str]) -> str:
+        return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)) + " |"
+
+    lines = [f"### {title}", "", row(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += [row(r) for r in cells[1:]]
     out = "\n".join(lines)
     print(out + "\n", flush=True)
     return out

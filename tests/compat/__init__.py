@@ -1,0 +1,1 @@
+"""Compatibility tests: the real docker CLI 28 and the Python docker SDK against shoald."""

@@ -1,0 +1,124 @@
+"""The real `docker` CLI (28.x) against a real shoald: commands of issue 2, asserted on their output.
+
+Follows ../shared/reference/wire-protocols.md §3 (D0-D3, D7). Every test runs the docker binary
+with DOCKER_HOST at the daemon's socket and a private DOCKER_CONFIG.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import Daemon, wait_for
+
+pytestmark = [pytest.mark.compat, pytest.mark.xdist_group("compat-docker")]
+
+DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
+ID25 = re.compile(r"^[0-9a-z]{25}$")
+
+
+class Docker:
+    def __init__(self, daemon: Daemon, config_dir: Path) -> None:
+        self.env = {"DOCKER_HOST": f"unix://{daemon.socket}", "DOCKER_CONFIG": str(config_dir),
+                    "PATH": "/usr/local/bin:/usr/bin:/bin"}
+
+    def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([DOCKER, *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+        if check and proc.returncode != 0:
+            cmd = " ".join(args)
+            raise AssertionError(f"docker {cmd} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Docker]]:
+    """A daemon that is not in a swarm yet; the tests below init it in order."""
+    with Daemon(tmp_path_factory.mktemp("compat-cli")) as daemon:
+        yield daemon, Docker(daemon, tmp_path_factory.mktemp("docker-config"))
+
+
+def test_d0_negotiation_and_inactive_swarm(fresh: tuple[Daemon, Docker]) -> None:
+    _, docker = fresh
+    assert docker.run("version", "--format", "{{.Server.APIVersion}}").stdout.strip() == "1.50"
+    assert "downgraded" not in docker.run("version").stdout
+    assert docker.run("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip() == "inactive"
+    err = docker.run("node", "ls", check=False)
+    assert err.returncode == 1
+    assert 'This node is not a swarm manager. Use "docker swarm init"' in err.stderr
+
+
+def test_d1_swarm_init(fresh: tuple[Daemon, Docker]) -> None:
+    _, docker = fresh
+    out = docker.run("swarm", "init", "--advertise-addr", "127.0.0.1").stdout
+    assert re.search(r"^Swarm initialized: current node \((\w{25})\) is now a manager\.", out, re.M), out
+    assert re.search(r"docker swarm join --token SWMTKN-1-\S+ 127\.0\.0\.1:\d+", out), out
+    info = docker.run("info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}").stdout
+    assert info.strip() == "active true"
+    again = docker.run("swarm", "init", check=False)
+    assert again.returncode == 1 and "This node is already part of a swarm" in again.stderr
+    nodes = docker.run("node", "ls", "--format", "{{.Status}} {{.Availability}} {{.ManagerStatus}} {{.Self}}")
+    assert nodes.stdout.strip() == "Ready Active Leader true"
+
+
+def test_d3_service_lifecycle(fresh: tuple[Daemon, Docker]) -> None:
+    _, docker = fresh
+    out = docker.run("service", "create", "--name", "web", "--replicas", "3", "--update-monitor", "1s",
+                     "--no-resolve-image", "busybox", "httpd", "-f", "-p", "80").stdout.splitlines()
+    assert ID25.match(out[0]), out
+    assert out[-1].startswith("verify: Service ") and out[-1].endswith(" converged"), out
+    ls = docker.run("service", "ls", "--format", "{{.Name}} {{.Mode}} {{.Replicas}} {{.Image}}").stdout
+    assert ls.strip() == "web replicated 3/3 busybox:latest" or ls.strip() == "web replicated 3/3 busybox"
+    ps = docker.run("service", "ps", "web", "--format", "{{.Name}} {{.DesiredState}}",
+                    "--filter", "desired-state=running").stdout.split("\n")
+    assert sorted(line for line in ps if line) == ["web.1 Running", "web.2 Running", "web.3 Running"]
+    inspect = docker.run("service", "inspect", "web", "--format",
+                         "{{.Spec.Mode.Replicated.Replicas}} {{.Spec.TaskTemplate.ContainerSpec.Image}}")
+    assert inspect.stdout.strip() == "3 busybox"
+    scaled = docker.run("service", "scale", "web=5")
+    assert scaled.stdout.startswith("web scaled to 5"), scaled.stdout
+    ls = docker.run("service", "ls", "--format", "{{.Replicas}}").stdout.strip()
+    assert ls == "5/5"
+
+
+def test_d3_logs(fresh: tuple[Daemon, Docker]) -> None:
+    _, docker = fresh
+    docker.run("service", "create", "-d", "--name", "talker", "--no-resolve-image", "busybox",
+               "sh", "-c", "echo hello-from-$(hostname); exec sleep 1000")
+
+    def has_lines() -> bool:
+        out = docker.run("service", "logs", "--no-task-ids", "talker", check=False).stdout
+        return "hello-from-" in out
+
+    wait_for(has_lines, 60, "talker's log line")
+    out = docker.run("service", "logs", "--no-task-ids", "talker").stdout
+    assert re.search(r"^talker\.1@\S+\s+\| hello-from-", out, re.M), out
+    raw = docker.run("service", "logs", "--raw", "-t", "talker").stdout
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z hello-from-", raw), raw
+
+
+def test_d3_stale_version_and_rm(fresh: tuple[Daemon, Docker]) -> None:
+    daemon, docker = fresh
+    svc = json.loads(docker.run("service", "inspect", "web").stdout)[0]
+    old = svc["Version"]["Index"]
+    docker.run("service", "scale", "-d", "web=2")
+    resp = daemon.api("POST", f"/v1.50/services/{svc['ID']}/update?version={old}", json=svc["Spec"])
+    assert resp.status_code == 500 and "update out of sequence" in resp.json()["message"]
+    assert docker.run("service", "rm", "web").stdout.strip() == "web"
+    gone = docker.run("service", "inspect", "web", check=False)
+    assert gone.returncode == 1 and "no such service: web" in gone.stderr.lower()
+
+
+def test_d7_leave(fresh: tuple[Daemon, Docker]) -> None:
+    _, docker = fresh
+    docker.run("service", "rm", "talker", check=False)
+    refused = docker.run("swarm", "leave", check=False)
+    assert refused.returncode == 1 and "Use `--force`" in refused.stderr
+    assert docker.run("swarm", "leave", "--force").stdout.strip() == "Node left the swarm."
+    assert docker.run("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip() == "inactive"
