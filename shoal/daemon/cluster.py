@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ from shoal.api.errors import ALREADY_IN_SWARM, LEAVE_LAST_MANAGER, Unavailable
 from shoal.api.ids import new_id
 from shoal.api.types import Cluster, NodeDescription, SwarmSpec
 from shoal.manager.bootstrap import bootstrap_cluster
-from shoal.manager.component import Component
 from shoal.manager.manager import Manager
 from shoal.store.protocol import Store
 
@@ -68,14 +67,12 @@ def advertised(advertise_addr: str, listen_addr: str) -> str:
 
 class ClusterControl:
     def __init__(self, *, store: Store, executor: CrunExecutor, clock: Clock, state_dir: Path,
-                 description: Callable[[], NodeDescription],
-                 orchestrators: Callable[[Store, Clock], Sequence[Component]] = lambda s, c: ()) -> None:
+                 description: Callable[[], NodeDescription]) -> None:
         self._store = store
         self._executor = executor
         self._clock = clock
         self._state_dir = state_dir
         self._description = description
-        self._orchestrators = orchestrators
         self._node_file = state_dir / "node.json"
         self._lock = asyncio.Lock()
         self._node_id: str | None = self._read_node_id()
@@ -142,8 +139,7 @@ class ClusterControl:
             await self._stop_components(shutdown_tasks=False)
 
     async def _start_components(self, node_id: str) -> None:
-        self._manager = Manager(self._store, self._clock, node_id=node_id,
-                                orchestrators=self._orchestrators(self._store, self._clock))
+        self._manager = Manager(self._store, self._clock, node_id=node_id)
         await self._manager.start()
         self._agent = Agent(self._executor, node_id=node_id, state_dir=self._state_dir / "agent",
                             description=self._description(), clock=self._clock)

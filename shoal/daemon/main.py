@@ -12,13 +12,12 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from shoal.agent.exec.crun import CrunExecutor
 from shoal.agent.images.store import ImageStore
 from shoal.agent.logs import FileLogSource, LogCollector
-from shoal.api.clock import Clock, SystemClock
+from shoal.api.clock import SystemClock
 from shoal.api.types import EngineDescription, NodeDescription, NodeResources, Platform
 from shoal.apiserver.docker.app import ApiServer, make_app
 from shoal.apiserver.docker.context import ApiContext, EngineInfo
@@ -26,8 +25,6 @@ from shoal.apiserver.http import ENGINE_VERSION
 from shoal.daemon import config as cfg
 from shoal.daemon.cluster import ClusterControl
 from shoal.daemon.images import preload_images
-from shoal.manager.component import Component
-from shoal.store.protocol import Store
 from shoal.store.sqlite import SqliteStore
 
 log = logging.getLogger("shoald")
@@ -64,13 +61,6 @@ def node_description(config: cfg.Config) -> NodeDescription:
         engine=EngineDescription(engine_version=ENGINE_VERSION, labels=config.labels or None))
 
 
-def build_orchestrators(store: Store, clock: Clock) -> Sequence[Component]:
-    """The orchestrator components the Manager runs first (replicated, global, restart, reaper).
-    Wire the orchestrator package's reconcile component here once it lands; until then the
-    manager runs without one and services get no tasks."""
-    return ()
-
-
 async def _wait_for_signal() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -92,8 +82,7 @@ async def run(config: cfg.Config) -> None:
     await executor.setup()  # refuses a --bridge-cidr that overlaps a host route
     collector = LogCollector(config.data_root)
     control = ClusterControl(store=store, executor=executor, clock=clock, state_dir=config.data_root,
-                             description=lambda: node_description(config),
-                             orchestrators=build_orchestrators)
+                             description=lambda: node_description(config))
     context = ApiContext(store=store, images=images, logs=FileLogSource(config.data_root, collector),
                          swarm=control, clock=clock, engine=engine_info(config))
     api = ApiServer(make_app(context), config.hosts)
