@@ -243,7 +243,7 @@ def placement(o: Options) -> Spec:
 
 
 def container_spec(image: str, args: tuple[str, ...], o: Options) -> Spec:
-    spec: Spec = {"Image": image}
+    spec: Spec = {"Image": image_with_tag(image)}
     labels = kv_map(o.get("container_label") or ())
     if labels:
         spec["Labels"] = labels
@@ -292,3 +292,13 @@ def build_spec(image: str, args: tuple[str, ...], o: Options) -> Spec:
     if ports:
         spec["EndpointSpec"]["Ports"] = ports
     return spec
+
+
+def image_with_tag(image: str) -> str:
+    """Docker's imageWithTagString: a reference without tag or digest gets ":latest", so a spec
+    made here equals the one the docker CLI would send (otherwise a later `docker service scale`
+    changes the image string and rolls every task)."""
+    if "@" in image:
+        return image
+    last = image.rsplit("/", 1)[-1]
+    return image if ":" in last else f"{image}:latest"

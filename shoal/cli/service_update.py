@@ -31,6 +31,7 @@ from shoal.cli.service_spec import (
     apply_update_config,
     convert,
     env_entry,
+    image_with_tag,
     kv_map,
     parse_constraint,
     parse_uint,
@@ -76,7 +77,7 @@ def _update_map(current: dict[str, str] | None, add: tuple[str, ...],
 
 def _apply_container(container: Spec, o: Options) -> None:
     if o.get("image"):
-        container["Image"] = o["image"]
+        container["Image"] = image_with_tag(o["image"])
     if o.get("args") is not None:
         container["Args"] = shlex.split(o["args"])
     if o.get("env_add") or o.get("env_rm"):

@@ -52,15 +52,15 @@ def run(args: list[str], daemon: FakeDaemon) -> Any:
 BASE_TASK = {"Resources": {"Limits": {}, "Reservations": {}}, "Placement": {}, "ForceUpdate": 0}
 
 CREATE_CASES: list[tuple[list[str], dict[str, Any]]] = [
-    (["busybox"], {"Labels": {}, "TaskTemplate": {"ContainerSpec": {"Image": "busybox"}, **BASE_TASK},
+    (["busybox"], {"Labels": {}, "TaskTemplate": {"ContainerSpec": {"Image": "busybox:latest"}, **BASE_TASK},
                    "Mode": {"Replicated": {}}, "EndpointSpec": {"Mode": "vip"}}),
     (["--name", "web", "--replicas", "3", "busybox", "sleep", "1000"],
      {"Name": "web", "Labels": {},
-      "TaskTemplate": {"ContainerSpec": {"Image": "busybox", "Args": ["sleep", "1000"]}, **BASE_TASK},
+      "TaskTemplate": {"ContainerSpec": {"Image": "busybox:latest", "Args": ["sleep", "1000"]}, **BASE_TASK},
       "Mode": {"Replicated": {"Replicas": 3}}, "EndpointSpec": {"Mode": "vip"}}),
     (["--mode", "global", "-e", "A=1", "--env", "B=2", "-l", "tier=fe", "--entrypoint", "sh -c 'x y'", "img"],
      {"Labels": {"tier": "fe"},
-      "TaskTemplate": {"ContainerSpec": {"Image": "img", "Command": ["sh", "-c", "x y"],
+      "TaskTemplate": {"ContainerSpec": {"Image": "img:latest", "Command": ["sh", "-c", "x y"],
                                          "Env": ["A=1", "B=2"]}, **BASE_TASK},
       "Mode": {"Global": {}}, "EndpointSpec": {"Mode": "vip"}}),
 ]
@@ -106,7 +106,7 @@ def test_container_flags() -> None:
     result = run(["service", "create", "-d", *args, "busybox"], daemon)
     assert result.exit_code == 0, result.output
     assert daemon.bodies("/services/create")[0]["TaskTemplate"]["ContainerSpec"] == {
-        "Image": "busybox", "Labels": {"a": "b"}, "Hostname": "h", "Dir": "/srv", "User": "nobody",
+        "Image": "busybox:latest", "Labels": {"a": "b"}, "Hostname": "h", "Dir": "/srv", "User": "nobody",
         "StopSignal": "SIGINT", "Init": True, "ReadOnly": True, "StopGracePeriod": 3_000_000_000}
 
 
@@ -184,7 +184,7 @@ def test_update_sends_full_spec_with_version() -> None:
     assert update.url.params["version"] == "7"
     assert json.loads(update.content) == {
         "Name": "web",
-        "TaskTemplate": {"ContainerSpec": {"Image": "b", "Env": ["Y=2", "Z=3"]}, "ForceUpdate": 2},
+        "TaskTemplate": {"ContainerSpec": {"Image": "b:latest", "Env": ["Y=2", "Z=3"]}, "ForceUpdate": 2},
         "Mode": {"Replicated": {"Replicas": 4}}}
 
 
