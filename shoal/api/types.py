@@ -225,7 +225,9 @@ class ContainerStatus(Base, frozen=True):
     exit_code: int = 0
 
 
-class TaskStatus(Base, frozen=True):
+class TaskStatus(Base, frozen=True, omit_defaults=False):
+    """Always encoded whole: Docker clients read Status.State even when it is "new"."""
+
     timestamp: dt.datetime = EPOCH
     state: TaskState = TaskState.NEW
     message: str = ""

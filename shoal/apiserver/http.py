@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
+from shoal.api import gojson
 from shoal.api.errors import InvalidArgument, ShoalError
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ async def read_json(request: web.Request, type_: type[T]) -> T:
     if not body.strip():
         raise InvalidArgument("request body is empty: a JSON object was expected")
     try:
-        return msgspec.json.decode(body, type=type_)
+        return gojson.decode(body, type_)
     except msgspec.ValidationError as e:
         raise InvalidArgument(f"invalid JSON body: {e}") from None
     except msgspec.DecodeError as e:
