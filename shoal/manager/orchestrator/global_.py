@@ -20,7 +20,8 @@ Then the reaper deletes stopped REMOVE tasks and history beyond the limit, per n
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 
 from shoal.api.defaults import TASK_HISTORY_LIMIT
 from shoal.api.ids import new_id as random_id
@@ -31,7 +32,7 @@ from shoal.manager.orchestrator.plan import IdFactory, Plan, PlanBuilder, new_ta
 from shoal.manager.orchestrator.reaper import reap
 from shoal.manager.orchestrator.restart import next_restart_count
 from shoal.manager.orchestrator.rolling import MakeNew, roll, tend_dead
-from shoal.manager.orchestrator.slots import SlotView, group_by_node, view_slot
+from shoal.manager.orchestrator.slots import NodeMap, SlotView, group_by_node, view_slot
 
 
 def node_wanted(node: Node, service: Service) -> bool:
@@ -76,20 +77,21 @@ def plan_global(service: Service, tasks: Iterable[Task], nodes: Iterable[Node],
             continue
         if node_placeable(node):
             kept[node_id] = view
-            _tend_node(service, node_id, view, node_tasks, now, new_id, builder, make_new)
+            _tend_node(service, view, node_tasks, node_map, now, builder, make_new,
+                       partial(new_task, service, now, new_id, node_id=node_id))
     roll(service, kept, node_map, builder, make_new)
     reap(task_list, lambda t: t.node_id, node_map, history_limit, builder)
     return builder.build()
 
 
-def _tend_node(service: Service, node_id: str, view: SlotView, node_tasks: Sequence[Task],
-               now: dt.datetime, new_id: IdFactory, builder: PlanBuilder,
-               make_new: MakeNew) -> None:
+def _tend_node(service: Service, view: SlotView, node_tasks: Sequence[Task], nodes: NodeMap,
+               now: dt.datetime, builder: PlanBuilder, make_new: MakeNew,
+               make_first: Callable[[], Task]) -> None:
     for extra in view.extra_live:
         builder.set_desired(extra, TaskState.SHUTDOWN)
     if view.live is None:
         if not view.stopping:  # stop-first: a stopping task is let go before its successor
-            builder.create.append(new_task(service, now, new_id, node_id=node_id))
+            builder.create.append(make_first())
         return
     if view.live.status.state.terminal:
-        tend_dead(service, view.live, node_tasks, now, builder, make_new)
+        tend_dead(service, view, node_tasks, nodes, now, builder, make_new)

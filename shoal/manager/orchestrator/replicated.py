@@ -31,7 +31,7 @@ from shoal.api.types import Node, Service, Task
 from shoal.manager.orchestrator.plan import IdFactory, Plan, PlanBuilder, new_task
 from shoal.manager.orchestrator.reaper import reap
 from shoal.manager.orchestrator.restart import next_restart_count
-from shoal.manager.orchestrator.rolling import MakeNew, replace, roll, tend_dead
+from shoal.manager.orchestrator.rolling import MakeNew, roll, still_stopping, tend_dead
 from shoal.manager.orchestrator.slots import NodeMap, SlotView, group_by_slot, node_invalid, view_slot
 
 
@@ -93,10 +93,13 @@ def _tend_slot(service: Service, view: SlotView, slot_tasks: Sequence[Task], nod
     if live is None:
         return  # a stop-first replacement waits for its old task to stop
     if live.status.state.terminal:
-        tend_dead(service, live, slot_tasks, now, builder, make_new)
+        tend_dead(service, view, slot_tasks, nodes, now, builder, make_new)
     elif live.node_id and node_invalid(nodes.get(live.node_id)):
-        # Its node will not run it: replace at once, as swarmkit does (no restart delay).
-        replace(builder, live, make_new)
+        # Its node will not run it: replace at once, as swarmkit does (no restart delay), unless
+        # an older task of the slot is still stopping on a good node (stop-first; refilled later).
+        builder.set_desired(live, TaskState.SHUTDOWN)
+        if not still_stopping(view, nodes):
+            builder.create.append(make_new(live))
 
 
 def _fill(service: Service, views: Mapping[int, SlotView], by_slot: Mapping[int, Sequence[Task]],

@@ -8,7 +8,8 @@ Rolling update, stop-first (swarmkit updater.go; reference §4.5), one step per 
 
 | slot's state                                    | this plan                                      |
 |-------------------------------------------------|------------------------------------------------|
-| live task dirty (older spec), turn has come     | old -> SHUTDOWN; if already stopped, create new |
+| live task dirty (older spec), turn has come     | old -> SHUTDOWN; if it and every older task of  |
+|                                                 | the slot has stopped, create the new one too    |
 | old task stopping, no live task                 | wait (counts as in flight)                     |
 | old task stopped, no live task                  | the caller refills the slot (new spec)          |
 | new task live, before RUNNING                   | wait (counts as in flight)                     |
@@ -31,7 +32,7 @@ from shoal.api.states import TaskState
 from shoal.api.types import Service, Task
 from shoal.manager.orchestrator.plan import PlanBuilder
 from shoal.manager.orchestrator.restart import RestartAction, decide_restart
-from shoal.manager.orchestrator.slots import NodeMap, SlotView, is_dirty, is_stopped
+from shoal.manager.orchestrator.slots import NodeMap, SlotView, is_dirty, is_stopped, node_invalid
 
 K = TypeVar("K", int, str)
 MakeNew = Callable[[Task], Task]  # the replacement of a task, in its slot/node
@@ -42,12 +43,24 @@ def replace(builder: PlanBuilder, old: Task, make_new: MakeNew) -> None:
     builder.create.append(make_new(old))
 
 
-def tend_dead(service: Service, live: Task, slot_tasks: Sequence[Task], now: dt.datetime,
-              builder: PlanBuilder, make_new: MakeNew) -> None:
-    """A live task whose status is terminal: restart it now, later, or never."""
-    if is_dirty(live, service):
+def still_stopping(view: SlotView, nodes: NodeMap) -> bool:
+    """Another task of the slot is being stopped and its node will report it: stop-first waits.
+
+    Duplicate live tasks count too: the plan shuts them down.
+    """
+    others = view.stopping + tuple(t for t in view.extra_live if not is_stopped(t, nodes))
+    return any(not node_invalid(nodes.get(t.node_id)) for t in others)
+
+
+def tend_dead(service: Service, view: SlotView, slot_tasks: Sequence[Task], nodes: NodeMap,
+              now: dt.datetime, builder: PlanBuilder, make_new: MakeNew) -> None:
+    """The slot's live task has a terminal status: restart it now, later, or never."""
+    live = view.live
+    if live is None or is_dirty(live, service):
         return  # the rolling update replaces it, without the restart delay
     decision = decide_restart(live, slot_tasks, now)
+    if decision.action is RestartAction.RESTART and still_stopping(view, nodes):
+        return  # the stopping task's status change will bring us back
     if decision.action is RestartAction.RESTART:
         replace(builder, live, make_new)
     elif decision.action is RestartAction.WAIT:
@@ -69,19 +82,20 @@ def _in_flight(service: Service, views: Mapping[K, SlotView], builder: PlanBuild
 def roll(service: Service, views: Mapping[K, SlotView], nodes: NodeMap, builder: PlanBuilder,
          make_new: MakeNew) -> None:
     """Start replacing as many dirty slots of `views` (the slots kept) as parallelism allows."""
-    dirty: list[tuple[bool, bool, K, Task]] = []
+    dirty: list[tuple[bool, bool, K, Task, bool]] = []
     for key, view in views.items():
         live = view.live
         if live is None or builder.current(live).desired_state > TaskState.RUNNING:
             continue
         if is_dirty(live, service):
             state = live.status.state
-            dirty.append((not state.terminal, state == TaskState.RUNNING, key, live))
+            dirty.append((not state.terminal, state == TaskState.RUNNING, key, live,
+                          still_stopping(view, nodes)))
     if not dirty:
         return
     parallelism = (service.spec.update_config or DEFAULT_UPDATE_CONFIG).parallelism
     room = len(dirty) if parallelism == 0 else parallelism - _in_flight(service, views, builder)
-    for _, _, _, old in sorted(dirty)[:max(0, room)]:
+    for _, _, _, old, blocked in sorted(dirty, key=lambda d: d[:3])[:max(0, room)]:
         builder.set_desired(old, TaskState.SHUTDOWN)
-        if is_stopped(old, nodes):
+        if is_stopped(old, nodes) and not blocked:
             builder.create.append(make_new(old))
