@@ -57,21 +57,15 @@ def wait_for(what: str, predicate: Callable[[], bool], timeout_s: float) -> None
     raise SystemExit(f"demo: timed out after {timeout_s:.0f}s waiting for {what}")
 
 
-def running_tasks(service: str) -> list[dict[str, object]]:
-    out = shoal("service", "ps", service, "--filter", "desired-state=running", "--format", "json",
-                show=False, check=False)
-    rows = [json.loads(line) for line in out.splitlines() if line.strip().startswith("{")]
-    return [r for r in rows if str(r.get("CurrentState", "")).startswith("Running")]
-
-
 def task_pids(service: str) -> list[int]:
-    tasks = json.loads(shoal_api(f"/tasks?filters={json.dumps({'service': [service]})}"))
+    tasks = json.loads(shoal_api("/tasks", filters=json.dumps({"service": [service]})))
     return [t["Status"]["ContainerStatus"]["PID"] for t in tasks
             if t["Status"]["State"] == "running" and t["DesiredState"] == "running"]
 
 
-def shoal_api(path: str) -> str:
-    out = subprocess.run(["curl", "-sf", "--unix-socket", SOCKET, f"http://shoal{path}"],
+def shoal_api(path: str, **params: str) -> str:
+    query = [arg for k, v in params.items() for arg in ("--data-urlencode", f"{k}={v}")]
+    out = subprocess.run(["curl", "-sfG", "--unix-socket", SOCKET, f"http://shoal{path}", *query],
                          capture_output=True, text=True)
     return out.stdout or "[]"
 

@@ -73,7 +73,9 @@ async def attach(netns: str, veth: str, bridge: str, address: str, prefixlen: in
     await ip("netns", "add", netns)
     await ip("-batch", "-", stdin=(
         f"link add {veth} type veth peer name eth0 netns {netns}\n"
-        f"link set {veth} master {bridge} up\n"))
+        f"link set {veth} master {bridge} up\n"
+        # A reused address may still map to a departed task's MAC in the host's cache.
+        f"neigh flush to {address} dev {bridge}\n"))
     await ip("-n", netns, "-batch", "-", stdin=(
         f"addr add {address}/{prefixlen} dev eth0\n"
         "link set eth0 up\nlink set lo up\n"))

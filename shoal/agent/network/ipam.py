@@ -1,7 +1,8 @@
 """Address allocation on the host bridge's subnet, persisted so a restart never reuses a live address.
 
 Used by the crun executor (agent/exec/crun.py): the first host address is the bridge's gateway,
-tasks get the lowest free ones after it. The allocations live in D/network/ipam.json, rewritten
+tasks get free ones after it, round-robin from the last one handed out (as Docker's IPAM), so an
+address just freed is not reused at once while peers may still cache its old MAC. The allocations live in D/network/ipam.json, rewritten
 atomically (temp file + rename) on each change.
 """
 
@@ -28,6 +29,9 @@ class Ipam:
         self._leases: dict[str, str] = {}
         if state_file.exists():
             self._leases = msgspec.json.decode(state_file.read_bytes(), type=dict[str, str])
+        # The last address handed out; after a restart, the highest one still leased.
+        self._cursor = max((int(ipaddress.IPv4Address(a)) for a in self._leases.values()),
+                           default=int(self.gateway))
 
     @property
     def prefixlen(self) -> int:
@@ -41,12 +45,16 @@ class Ipam:
         if task_id in self._leases:
             return self._leases[task_id]
         used = set(self._leases.values())
-        for host in self.network.hosts():
-            if host == self.gateway or str(host) in used:
-                continue
-            self._leases[task_id] = str(host)
-            self._save()
-            return str(host)
+        first = int(self.gateway) + 1
+        size = int(self.network.broadcast_address) - first  # hosts after the gateway
+        for step in range(1, size + 1):
+            candidate = first + (self._cursor - first + step) % size
+            address = str(ipaddress.IPv4Address(candidate))
+            if address not in used:
+                self._cursor = candidate
+                self._leases[task_id] = address
+                self._save()
+                return address
         raise AddressPoolExhausted(f"no free address left in {self.network} for task {task_id}")
 
     def release(self, task_id: str) -> None:
