@@ -5,7 +5,7 @@ scheduler. Today a task needs nothing allocated, so every NEW task whose Desired
 RUNNING moves to PENDING with "pending task scheduling"; network attachments, VIPs and published
 ports land in `allocate()` in a later issue (swarmkit's allocator votes in the same place). Tasks
 the orchestrator already wants stopped stay NEW: they will never run, so allocating is waste.
-Changes are debounced (~20 ms) and committed in one transaction.
+Changes are gathered (whatever arrived before the next pass, no fixed wait) and committed in one transaction.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def allocate(task: Task) -> Task | None:
 class Allocator:
     """Component (start/stop). `tick()` is public so tests can drive one pass."""
 
-    def __init__(self, store: Store, clock: Clock, *, debounce_s: float = 0.02) -> None:
+    def __init__(self, store: Store, clock: Clock, *, debounce_s: float = 0.0) -> None:
         self._store, self._clock, self._debounce_s = store, clock, debounce_s
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()

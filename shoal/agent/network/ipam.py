@@ -2,8 +2,8 @@
 
 Used by the crun executor (agent/exec/crun.py): the first host address is the bridge's gateway,
 tasks get free ones after it, round-robin from the last one handed out (as Docker's IPAM), so an
-address just freed is not reused at once while peers may still cache its old MAC. The allocations live in D/network/ipam.json, rewritten
-atomically (temp file + rename) on each change.
+address just freed is not reused at once while peers may still cache its old MAC. The
+allocations live in D/network/ipam.json, rewritten atomically (temp file + rename) on each change.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def heartbeat_period_ns(tx: ReadTx) -> int:
 class Dispatcher:
     """Component (start/stop) serving agent sessions. `check_heartbeats()` is one monitor pass."""
 
-    def __init__(self, store: Store, clock: Clock, *, batch_s: float = 0.05,
+    def __init__(self, store: Store, clock: Clock, *, batch_s: float = 0.005,
                  register_timeout_s: float = 30.0) -> None:
         self._store, self._clock = store, clock
         self._batch_s, self._register_timeout_s = batch_s, register_timeout_s
