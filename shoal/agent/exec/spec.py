@@ -6,6 +6,7 @@ which reads /etc/passwd and /etc/group of the container's rootfs.
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -74,9 +75,40 @@ def container_hostname(cs: ContainerSpec, task_name: str, task_id: str) -> str:
     return (cs.hostname or task_name or task_id)[:63]
 
 
+def read_in_root(rootfs: Path, rel: str) -> str:
+    """Read `rel` inside `rootfs` resolving symlinks as a chroot would: an absolute target is
+    rebased onto the rootfs and `..` stops at its root, so an image's links never reach host files.
+    Raises FileNotFoundError if it cannot be found inside the rootfs."""
+    parts = [p for p in rel.split("/") if p]
+    current: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            current = current[:-1]
+            continue
+        candidate = rootfs.joinpath(*current, part)
+        if candidate.is_symlink():
+            hops += 1
+            if hops > 40:
+                raise FileNotFoundError(rel)
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                current = []
+            parts = [p for p in target.split("/") if p] + parts
+            continue
+        current.append(part)
+    path = rootfs.joinpath(*current)
+    if not path.is_file():
+        raise FileNotFoundError(rel)
+    return path.read_text(errors="replace")
+
+
 def _lookup(path: Path, name: str) -> list[str] | None:
     try:
-        text = path.read_text(errors="replace")
+        text = read_in_root(path.parent.parent, "etc/" + path.name)
     except (FileNotFoundError, NotADirectoryError):
         return None
     for line in text.splitlines():
@@ -118,7 +150,7 @@ def resolve_user(user: str, groups: list[str] | None, rootfs: Path) -> dict[str,
 
 def _lookup_uid(rootfs: Path, uid: int) -> list[str] | None:
     try:
-        lines = (rootfs / "etc/passwd").read_text(errors="replace").splitlines()
+        lines = read_in_root(rootfs, "etc/passwd").splitlines()
     except (FileNotFoundError, NotADirectoryError):
         return None
     for line in lines:
