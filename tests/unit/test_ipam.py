@@ -28,5 +28,5 @@ def test_leases_survive_a_restart_and_exhaustion_is_reported(tmp_path: Path) -> 
     taken = {ipam.allocate(f"t{n}") for n in range(5)}
     again = Ipam(tmp_path / "ipam.json", "10.9.0.0/29")
     assert again.lookup("t0") in taken
-    with pytest.raises(AddressPoolExhausted, match="no free address left in 10.9.0.0/29"):
+    with pytest.raises(AddressPoolExhausted, match=r"no free address left in 10\.9\.0\.0/29"):
         again.allocate("one-too-many")
