@@ -6,6 +6,7 @@ sockets and loopback TCP only (the loopback-only policy: a non-loopback TCP addr
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -80,3 +81,7 @@ class ApiServer:
 
     async def stop(self) -> None:
         await self._runner.cleanup()
+        for kind, where in self._hosts:
+            if kind == "unix":
+                with contextlib.suppress(FileNotFoundError):
+                    Path(str(where)).unlink()  # a clean stop leaves no socket behind
