@@ -14,6 +14,19 @@ Session, in order:
   agent -> StatusBatch(updates=[...])                     task status changes, batched (<= 100 ms)
 A task in `Assignments.tasks` replaces the agent's copy (desired state and spec). A task id in
 `removed` is no longer the node's: the agent stops it if running and forgets it.
+
+Across hosts the stream is TLS to the manager's cluster port (2377). Before a node has a
+certificate it may only ask, on a connection without a client certificate:
+  node -> GetRootCA()             manager -> RootCA(cert_pem)      (the node checks it against
+                                                                    the token's digest, then
+                                                                    reconnects pinned to it)
+  node -> IssueCertificate(...)   manager -> IssuedCertificate(...) or SessionError
+With a client certificate (the node's identity is its certificate's CN):
+  node -> RenewCertificate(csr)   manager -> IssuedCertificate(...) (certificate renewal)
+  node -> Register(...)           the dispatcher session above
+Logs of a task on a remote node (manager asks the node over its session):
+  manager -> LogsRequest(id, task_id, tail, since_ns, follow)
+  agent -> LogsChunk(id, lines, done)   ... until done; manager -> LogsCancel(id) stops a follow
 """
 
 from __future__ import annotations
@@ -62,7 +75,63 @@ class SessionError(msgspec.Struct, tag="error", frozen=True, kw_only=True):
     message: str
 
 
-Message = Register | Registered | Heartbeat | StatusBatch | Assignments | SessionError
+class GetRootCA(msgspec.Struct, tag="get_root_ca", frozen=True, kw_only=True):
+    pass
+
+
+class RootCA(msgspec.Struct, tag="root_ca", frozen=True, kw_only=True):
+    cert_pem: str
+
+
+class IssueCertificate(msgspec.Struct, tag="issue_cert", frozen=True, kw_only=True):
+    """A joining node's request: its CSR (public key; the subject is chosen by the manager), the
+    join token, and what the node object needs."""
+
+    csr_pem: str
+    token: str
+    hostname: str
+    addr: str = ""  # the node's advertised address
+
+
+class RenewCertificate(msgspec.Struct, tag="renew_cert", frozen=True, kw_only=True):
+    csr_pem: str
+
+
+class IssuedCertificate(msgspec.Struct, tag="issued_cert", frozen=True, kw_only=True):
+    node_id: str
+    role: str  # worker | manager
+    cert_pem: str  # the node certificate (CN = node ID, OU = swarm-worker|swarm-manager, O = cluster ID)
+    root_pem: str
+
+
+class LogsRequest(msgspec.Struct, tag="logs_request", frozen=True, kw_only=True):
+    request_id: int
+    task_id: str
+    tail: int | None = None
+    since_ns: int | None = None  # unix time in ns
+    follow: bool = False
+
+
+class WireLogLine(msgspec.Struct, frozen=True, array_like=True):
+    timestamp_ns: int
+    stream: int
+    message: bytes
+
+
+class LogsChunk(msgspec.Struct, tag="logs_chunk", frozen=True, kw_only=True):
+    request_id: int
+    lines: list[WireLogLine]
+    done: bool = False
+    error: str = ""
+
+
+class LogsCancel(msgspec.Struct, tag="logs_cancel", frozen=True, kw_only=True):
+    request_id: int
+
+
+Message = (Register | Registered | Heartbeat | StatusBatch | Assignments | SessionError | GetRootCA
+           | RootCA | IssueCertificate | RenewCertificate | IssuedCertificate | LogsRequest | LogsChunk
+           | LogsCancel)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
