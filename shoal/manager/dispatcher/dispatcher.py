@@ -97,13 +97,25 @@ class Dispatcher:
         return sorted(self._sessions)
 
     # ---------------------------------------------------------------------------------- session
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Run one agent session until the stream ends, the node expires or the dispatcher stops."""
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                    first: Register | None = None, peer_node_id: str | None = None) -> None:
+        """Run one agent session until the stream ends, the node expires or the dispatcher stops.
+
+        `first`: the Register frame if the caller already read it (the cluster-port server reads
+        the first frame to tell joins from sessions). `peer_node_id`: the node ID proven by the
+        peer's TLS certificate; a Register for another node is refused. None means a trusted local
+        stream (the socket pair inside one daemon)."""
         session: Session | None = None
         try:
-            first = await asyncio.wait_for(protocol.read_message(reader), self._register_timeout_s)
-            if not isinstance(first, Register):
-                await protocol.write_message(writer, SessionError(message="expected register first"))
+            if first is None:
+                message = await asyncio.wait_for(protocol.read_message(reader), self._register_timeout_s)
+                if not isinstance(message, Register):
+                    await protocol.write_message(writer, SessionError(message="expected register first"))
+                    return
+                first = message
+            if peer_node_id is not None and first.node_id != peer_node_id:
+                await protocol.write_message(writer, SessionError(
+                    message=f"certificate is for node {peer_node_id}, not {first.node_id}"))
                 return
             session = await self._register(first, writer)
             if session is not None:
