@@ -79,7 +79,7 @@ def _swarm_lines(swarm: dict[str, Any]) -> list[str]:
     managers = swarm.get("RemoteManagers") or []
     if managers:
         lines.append("  Manager Addresses:")
-        lines += [f"   {m.get('Addr', '')}" for m in managers]
+        lines += [f"   {addr}" for addr in sorted(str(m.get("Addr", "")) for m in managers)]
     return lines
 
 
