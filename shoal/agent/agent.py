@@ -7,6 +7,7 @@ Session (shoal/api/protocol.py): Register -> Registered, then the current status
 task in the first StatusBatch (so a manager converges after an agent or manager restart), then
 Assignments in and Heartbeats plus StatusBatches (changes batched for <= 100 ms) out. A dropped
 session does not touch the tasks: their runners keep going and their statuses wait for the next.
+LogsRequest / LogsCancel are served by agent/logserve.py from the `logs` LogSource, if given.
 
 Tasks: one `TaskRunner` (agent/runner.py) per assigned task, each stepped by its own asyncio task
 (`runner.drive`), woken by assignment changes or by its container's exit. A task leaves the agent
@@ -41,11 +42,13 @@ from typing import Any
 import msgspec
 
 from shoal.agent.exec.protocol import Executor
+from shoal.agent.logserve import LogServer, locked_sender
 from shoal.agent.runner import TaskRunner, drive, first_of
 from shoal.agent.taskdb import TaskDB
 from shoal.api import protocol as proto
 from shoal.api.clock import Clock
 from shoal.api.defaults import HEARTBEAT_PERIOD_NS
+from shoal.api.services import LogSource
 from shoal.api.states import TaskState
 from shoal.api.types import NodeDescription, Task, TaskStatus
 
@@ -78,10 +81,11 @@ class Agent:
     """A node's tasks and its session with a manager. See the module docstring."""
 
     def __init__(self, executor: Executor, *, node_id: str, state_dir: Path,
-                 description: NodeDescription, clock: Clock) -> None:
+                 description: NodeDescription, clock: Clock, logs: LogSource | None = None) -> None:
         self.node_id = node_id
         self._executor = executor
         self._clock = clock
+        self._logs = logs  # task logs served to the manager; None: requests get an error
         if description.resources.nano_cpus == 0 and description.resources.memory_bytes == 0:
             description = msgspec.structs.replace(description, resources=executor.capacity())
         self._description = description
@@ -179,9 +183,10 @@ class Agent:
                 return
             period_s = await self._register(reader, writer)
             self._report_all()
-            lock = asyncio.Lock()  # heartbeats and status batches share the stream
-            await _race(self._receive(reader), self._heartbeat(writer, lock, period_s),
-                        self._send_statuses(writer, lock), self._stopping.wait())
+            lock = asyncio.Lock()  # heartbeats, status batches and log chunks share the stream
+            async with LogServer(self._logs, locked_sender(writer, lock)) as logs:
+                await _race(self._receive(reader, logs), self._heartbeat(writer, lock, period_s),
+                            self._send_statuses(writer, lock), self._stopping.wait())
         finally:
             done.set_result(None)
             self._sessions.discard(done)
@@ -204,7 +209,7 @@ class Agent:
         log.info("registered with the manager (heartbeat every %.1f s)", period_ns / 1e9)
         return period_ns / 1e9
 
-    async def _receive(self, reader: asyncio.StreamReader) -> None:
+    async def _receive(self, reader: asyncio.StreamReader, logs: LogServer) -> None:
         while True:
             try:
                 message = await proto.read_message(reader)
@@ -213,6 +218,8 @@ class Agent:
                 return
             if isinstance(message, proto.Assignments):
                 self._apply(message)
+            elif isinstance(message, proto.LogsRequest | proto.LogsCancel):
+                logs.handle(message)
             elif isinstance(message, proto.SessionError):
                 raise SessionRejected(message.message)
             elif not isinstance(message, proto.Registered):

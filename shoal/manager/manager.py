@@ -5,7 +5,8 @@ components never call each other; they talk only through the store (DESIGN.md §
     orchestrators -> allocator -> scheduler -> dispatcher
 Starting upstream first means each component's start-up snapshot already holds what the one
 before it wrote; stopping in reverse stops the agents' view (dispatcher) first so no new
-assignment leaves while the rest winds down. The daemon hands agent connections to `serve_agent`.
+assignment leaves while the rest winds down. The daemon hands agent connections to `serve_agent`
+and gives the API server `log_source()` (task logs read over the agents' sessions).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from shoal.api.clock import Clock
 from shoal.manager.allocator import Allocator
 from shoal.manager.component import Component
 from shoal.manager.dispatcher.dispatcher import Dispatcher
+from shoal.manager.dispatcher.logs import ClusterLogSource
 from shoal.manager.orchestrator.component import Orchestrator
 from shoal.manager.scheduler.scheduler import Scheduler
 from shoal.store.protocol import Store
@@ -36,6 +38,7 @@ class Manager:
         self.allocator = Allocator(store, clock)
         self.scheduler = Scheduler(store, clock)
         self.dispatcher = Dispatcher(store, clock)
+        self._log_source = ClusterLogSource(store, self.dispatcher)
         self._components: list[Component] = [*orchestrators, self.allocator, self.scheduler,
                                              self.dispatcher]
         self._started: list[Component] = []
@@ -58,6 +61,10 @@ class Manager:
                 await component.stop()
             except Exception:
                 log.exception("stopping %s failed", type(component).__name__)
+
+    def log_source(self) -> ClusterLogSource:
+        """The `api.services.LogSource` of the cluster: each task's lines, read on its node."""
+        return self._log_source
 
     async def serve_agent(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One agent session (see Dispatcher.serve); returns when the session ends."""

@@ -11,7 +11,9 @@ Started and stopped by manager/manager.py; the daemon hands each agent connectio
   3. StatusBatch: each update is applied in one transaction per batch, only if its state ranks at
      least the stored one (states only move forward) and only to this node's tasks; DesiredState
      and Spec are never touched (the manager owns them).
-  4. A node silent for 3 heartbeat periods is marked down ("heartbeat failure") and its session
+  4. Logs (manager/dispatcher/logs.py): `task_logs` sends LogsRequest on the node's session; the
+     read loop routes LogsChunk frames to the request without waiting on its reader.
+  5. A node silent for 3 heartbeat periods is marked down ("heartbeat failure") and its session
      closed; a session that ends otherwise also marks its node down, unless a newer session of the
      same node has replaced it.
 After start, nodes the store says are ready get 6 periods to register before they are marked down,
@@ -22,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 import msgspec
@@ -30,10 +34,20 @@ import msgspec
 from shoal.api import protocol
 from shoal.api.clock import Clock
 from shoal.api.defaults import HEARTBEAT_PERIOD_NS
-from shoal.api.errors import NotFound
-from shoal.api.protocol import Heartbeat, Register, Registered, SessionError, StatusBatch, TaskStatusUpdate
+from shoal.api.errors import NotFound, Unavailable
+from shoal.api.protocol import (
+    Heartbeat,
+    LogsChunk,
+    Register,
+    Registered,
+    SessionError,
+    StatusBatch,
+    TaskStatusUpdate,
+)
+from shoal.api.services import LogLine
 from shoal.api.types import Cluster, Node, NodeStatus, Task
 from shoal.manager.dispatcher.assignments import AssignmentSet
+from shoal.manager.dispatcher.logs import MAX_BUFFERED_BYTES, LogRouter
 from shoal.store.protocol import Change, ReadTx, Store, Watch, WriteTx
 
 log = logging.getLogger(__name__)
@@ -52,6 +66,7 @@ class Session:
     period_s: float
     last_seen: float
     assignments: AssignmentSet
+    logs: LogRouter
     expired: bool = False
     backlog: list[Change] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -69,9 +84,10 @@ class Dispatcher:
     """Component (start/stop) serving agent sessions. `check_heartbeats()` is one monitor pass."""
 
     def __init__(self, store: Store, clock: Clock, *, batch_s: float = 0.005,
-                 register_timeout_s: float = 30.0) -> None:
+                 register_timeout_s: float = 30.0, logs_buffer_bytes: int = MAX_BUFFERED_BYTES) -> None:
         self._store, self._clock = store, clock
         self._batch_s, self._register_timeout_s = batch_s, register_timeout_s
+        self._logs_buffer_bytes = logs_buffer_bytes
         self._sessions: dict[str, Session] = {}
         self._unregistered: dict[str, float] = {}  # node id -> monotonic deadline to register by
         self._monitor: asyncio.Task[None] | None = None
@@ -95,6 +111,22 @@ class Dispatcher:
 
     def connected_nodes(self) -> list[str]:
         return sorted(self._sessions)
+
+    async def task_logs(self, node_id: str, task_id: str, *, tail: int | None, since: dt.datetime | None,
+                        follow: bool) -> AsyncGenerator[LogLine, None]:
+        """The task's lines, read by the agent of `node_id` over its session (oldest first; with
+        `follow`, until the caller stops iterating). A node without a session: Unavailable with
+        `follow`, nothing without (see manager/dispatcher/logs.py for every error)."""
+        session = self._sessions.get(node_id)
+        if session is None:
+            if follow:
+                raise Unavailable(f"node {node_id} is not connected")
+            log.info("logs of task %s: node %s is not connected", task_id, node_id)
+            return
+        lines = session.logs.read(task_id, tail=tail, since=since, follow=follow)
+        async with contextlib.aclosing(lines):
+            async for line in lines:
+                yield line
 
     # ---------------------------------------------------------------------------------- session
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
@@ -148,9 +180,15 @@ class Dispatcher:
             old.writer.close()  # the agent reconnected: the newer session wins
         self._unregistered.pop(msg.node_id, None)
         session = Session(node_id=msg.node_id, writer=writer, period_s=period_ns / 1e9,
-                          last_seen=self._clock.monotonic(), assignments=AssignmentSet(msg.node_id))
+                          last_seen=self._clock.monotonic(), assignments=AssignmentSet(msg.node_id),
+                          logs=LogRouter(msg.node_id, writer, max_buffered_bytes=self._logs_buffer_bytes))
         self._sessions[msg.node_id] = session
-        await protocol.write_message(writer, Registered(node_id=msg.node_id, heartbeat_period_ns=period_ns))
+        registered = Registered(node_id=msg.node_id, heartbeat_period_ns=period_ns)
+        try:
+            await protocol.write_message(writer, registered)
+        except BaseException:
+            await self._end(session)  # serve() never sees this session: end it here
+            raise
         return session
 
     async def _run(self, session: Session, reader: asyncio.StreamReader) -> None:
@@ -173,6 +211,7 @@ class Dispatcher:
                     await runner
 
     async def _end(self, session: Session) -> None:
+        session.logs.close(f"node {session.node_id}: session ended before the logs were complete")
         if self._sessions.get(session.node_id) is not session:
             return  # replaced by a newer session of the same node: it is not down
         del self._sessions[session.node_id]
@@ -203,7 +242,9 @@ class Dispatcher:
         while True:
             message = await protocol.read_message(reader)
             session.last_seen = self._clock.monotonic()
-            if isinstance(message, StatusBatch):
+            if isinstance(message, LogsChunk):
+                session.logs.deliver(message)  # never waits for the reader of the lines
+            elif isinstance(message, StatusBatch):
                 await self.apply_statuses(session.node_id, message.updates)
             elif not isinstance(message, Heartbeat):
                 log.warning("node %s sent an unexpected %s", session.node_id, type(message).__name__)
