@@ -1,11 +1,13 @@
 """A real `shoald` subprocess for integration and compatibility tests, and `wait_for`.
 
 `Daemon(tmp_dir)` starts the .venv's shoald with values unique to it (data root and API socket
-in tmp_dir, a bridge subnet no host route and no other daemon of this run uses), preloads
-build/images/busybox.tar, and waits until `/_ping` answers. `stop()` sends SIGTERM and then
-removes whatever the daemon left on the host (containers, mounts, netns, cgroups, bridge), since
-shoald deliberately leaves containers running when it stops. Used as a context manager by
-tests/conftest.py and tests/compat/*.
+in tmp_dir, a bridge subnet no host route and no other daemon of this run uses, a cluster port
+on 127.0.0.1 that the kernel picks at `swarm init`), preloads build/images/busybox.tar, and
+waits until `/_ping` answers. Two of them on one machine make a two-node swarm: `manager_addr()`
+is the manager's cluster address ("127.0.0.1:PORT") and `join_token()` its worker token.
+`stop()` sends SIGTERM and then removes whatever the daemon left on the host (containers, mounts,
+netns, cgroups, bridge), since shoald deliberately leaves containers running when it stops. Used
+as a context manager by tests/conftest.py, tests/compat/* and tests/integration/test_multinode.py.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def instance_tag(data_root: Path) -> str:
 
 class Daemon:
     def __init__(self, tmp_dir: Path, *, extra_args: list[str] | None = None,
-                 bridge_prefix: int = 24) -> None:
+                 bridge_prefix: int = 24, listen_addr: str = "127.0.0.1:0") -> None:
         self.tmp_dir = Path(tmp_dir)
         self.data_root = self.tmp_dir / "data"
         self.socket = self.tmp_dir / "shoal.sock"
@@ -122,6 +124,7 @@ class Daemon:
         self.bridge_cidr = unique_bridge_cidr(bridge_prefix)
         self.tag = instance_tag(self.data_root) if self.data_root.exists() else ""
         self.extra_args = extra_args or []
+        self.listen_addr = listen_addr
         self.proc: subprocess.Popen[bytes] | None = None
         self._client: httpx.Client | None = None
 
@@ -143,7 +146,8 @@ class Daemon:
         self.data_root.mkdir(parents=True, exist_ok=True)
         self.tag = instance_tag(self.data_root)
         args = [str(SHOALD), "--data-root", str(self.data_root), "--host", f"unix://{self.socket}",
-                "--bridge-cidr", self.bridge_cidr, "--log-level", "debug", *self.extra_args]
+                "--bridge-cidr", self.bridge_cidr, "--log-level", "debug",
+                "--listen-addr", self.listen_addr, *self.extra_args]
         if BUSYBOX_TAR.is_file():
             args += ["--load-image", str(BUSYBOX_TAR)]
         log = open(self.tmp_dir / "shoald.stderr", "ab")  # noqa: SIM115 - owned by the process
@@ -207,6 +211,31 @@ class Daemon:
 
     def api(self, method: str, path: str, json: Any = None, **kwargs: Any) -> httpx.Response:
         return self.client().request(method, path, json=json, **kwargs)
+
+    # ---------------------------------------------------------------------------- swarm
+    def info_swarm(self) -> dict[str, Any]:
+        swarm: dict[str, Any] = self.api("GET", "/v1.50/info").json()["Swarm"]
+        return swarm
+
+    def manager_addr(self) -> str:
+        """This manager's cluster address, as `docker swarm join` takes it."""
+        resp = self.api("GET", f"/v1.50/nodes/{self.info_swarm()['NodeID']}")
+        assert resp.status_code == 200, resp.text
+        addr: str = resp.json()["ManagerStatus"]["Addr"]
+        return addr
+
+    def join_token(self, role: str = "worker") -> str:
+        resp = self.api("GET", "/v1.50/swarm")
+        assert resp.status_code == 200, resp.text
+        token: str = resp.json()["JoinTokens"][role.capitalize()]
+        return token
+
+    def join(self, manager: Daemon, token: str | None = None) -> httpx.Response:
+        """POST /swarm/join on this daemon, to `manager`'s cluster port."""
+        body = {"ListenAddr": "0.0.0.0:2377", "AdvertiseAddr": "127.0.0.1",
+                "RemoteAddrs": [manager.manager_addr()],
+                "JoinToken": manager.join_token() if token is None else token}
+        return self.api("POST", "/v1.50/swarm/join", json=body)
 
 
 # -------------------------------------------------------------------------------- host cleanup

@@ -70,6 +70,15 @@ class LogSource(Protocol):
         ...
 
 
+class LocalNode(msgspec.Struct, frozen=True, kw_only=True):
+    """This host's membership as the daemon knows it (a worker's store holds no cluster objects)."""
+
+    node_id: str
+    role: str  # manager | worker
+    addr: str = ""  # the address this node advertises (host only)
+    managers: builtins.list[str] = []  # manager cluster addresses ("ip:port") this node knows
+
+
 class SwarmControl(Protocol):
     """Joining and leaving: the daemon starts and stops the manager and agent."""
 
@@ -80,3 +89,18 @@ class SwarmControl(Protocol):
     async def leave(self, force: bool) -> None: ...
 
     def local_node_id(self) -> str | None: ...
+
+    async def join(self, remote_addrs: builtins.list[str], token: str, advertise_addr: str,
+                   listen_addr: str) -> None:
+        """Join the swarm of the manager at one of `remote_addrs` ("host:port") as a worker.
+        Unavailable(ALREADY_IN_SWARM) when in one; InvalidArgument or Unavailable with the
+        manager's or the connection's message when refused (nothing changes then)."""
+        ...
+
+    def local_node(self) -> LocalNode | None:
+        """This host's node and role, or None when it is not in a swarm."""
+        ...
+
+    async def rotate_join_tokens(self, *, worker: bool, manager: bool) -> None:
+        """New join tokens (bound to the cluster's root CA) for the roles asked; manager only."""
+        ...

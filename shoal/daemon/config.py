@@ -24,6 +24,7 @@ class Config:
     data_root: Path
     hosts: list[str]
     listen_addr: str
+    advertise_addr: str
     bridge_cidr: str
     labels: dict[str, str]
     nano_cpus: int
@@ -51,7 +52,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="API socket: unix:///path or tcp://127.0.0.1:PORT "
                    f"(repeatable; default {DEFAULT_HOST})")
     p.add_argument("--listen-addr", default="0.0.0.0:2377",
-                   help="cluster address recorded for swarm init (not bound yet; default %(default)s)")
+                   help="cluster port address for swarm init when the request gives none or the CLI's "
+                   "default; a wildcard host is never bound: see --advertise-addr (default %(default)s)")
+    p.add_argument("--advertise-addr", default="",
+                   help="address this node advertises and a manager binds its cluster port on "
+                   "(default: the host of --listen-addr unless it is a wildcard, else 127.0.0.1)")
     p.add_argument("--bridge-cidr", default="172.28.0.0/16",
                    help="subnet of the host bridge for tasks; must not overlap a host route")
     p.add_argument("--label", action="append", default=[], help="engine label k=v (repeatable)")
@@ -92,6 +97,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         if not image.is_file():
             parser.error(f"--load-image {image}: no such file")
     return Config(data_root=Path(a.data_root).absolute(), hosts=hosts, listen_addr=a.listen_addr,
+                  advertise_addr=a.advertise_addr,
                   bridge_cidr=a.bridge_cidr, labels=_labels(a.label, parser), nano_cpus=nano_cpus,
                   memory_bytes=memory, load_images=list(a.load_image), runtime=a.runtime,
                   log_level=a.log_level)

@@ -82,7 +82,8 @@ async def run(config: cfg.Config) -> None:
     await executor.setup()  # refuses a --bridge-cidr that overlaps a host route
     collector = LogCollector(config.data_root)
     control = ClusterControl(store=store, executor=executor, clock=clock, state_dir=config.data_root,
-                             description=lambda: node_description(config))
+                             description=lambda: node_description(config),
+                             listen_addr=config.listen_addr, advertise_addr=config.advertise_addr)
     context = ApiContext(store=store, images=images, logs=FileLogSource(config.data_root, collector),
                          swarm=control, clock=clock, engine=engine_info(config))
     api = ApiServer(make_app(context), config.hosts)

@@ -41,6 +41,11 @@ class ApiContext:
     engine: EngineInfo
 
 
+WORKER_NOT_MANAGER = (
+    "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. "
+    "Please run this command on a manager node or promote the current node to a manager."
+)
+
 CONTEXT_KEY = web.AppKey("shoal_api_context", ApiContext)
 
 
@@ -55,9 +60,21 @@ def cluster_of(tx: ReadTx) -> Cluster | None:
     return None
 
 
+def local_role(c: ApiContext) -> str | None:
+    """"manager", "worker", or None outside a swarm (a worker's store holds no Cluster)."""
+    node = c.swarm.local_node()
+    if node is not None:
+        return node.role
+    return "manager" if cluster_of(c.store.view()) is not None else None
+
+
 def require_manager(request: web.Request) -> ReadTx:
-    """A read view, or 503 with Docker's canonical text when this node is not in a swarm."""
-    tx = ctx(request).store.view()
+    """A read view, or 503 with Docker's canonical text when this node is not a manager: the
+    worker message on a worker, the not-in-a-swarm message elsewhere."""
+    c = ctx(request)
+    tx = c.store.view()
     if cluster_of(tx) is None:
-        raise Unavailable(NOT_IN_SWARM)
+        node = c.swarm.local_node()
+        raise Unavailable(WORKER_NOT_MANAGER if node is not None and node.role == "worker"
+                          else NOT_IN_SWARM)
     return tx

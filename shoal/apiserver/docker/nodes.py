@@ -1,7 +1,9 @@
 """`/nodes` list, inspect, update and delete; registered by app.py.
 
-Until the multi-host issue the only manager is the local node, so promotion is refused with a
-clear message and demoting or removing the last manager is refused as swarmkit refuses it.
+Workers join over the cluster port; the only manager is the one that ran `swarm init` until high
+availability lands, so promotion is refused with a clear message and demoting or removing the
+manager is refused as swarmkit refuses it. Removing a worker needs it down, or `force`; the
+orchestrator then replaces its tasks on the remaining nodes.
 The `label` filter matches engine labels and `node.label` the node's own labels (swarmkit).
 """
 
@@ -72,8 +74,8 @@ def _check_spec(node: Node, spec: NodeSpec, managers: int) -> None:
         raise InvalidArgument(f"invalid role {spec.role!r}: must be manager or worker")
     was_manager = _is_manager(node)
     if spec.role == "manager" and not was_manager:
-        raise Unimplemented("promoting a node to manager is not supported yet "
-                            "(Shoal has a single manager until high availability lands)")
+        raise Unimplemented("promoting nodes to manager is not supported until high availability "
+                            "lands (Shoal runs a single manager)")
     if spec.role == "worker" and was_manager and managers <= 1:
         raise FailedPrecondition("rpc error: code = FailedPrecondition desc = attempting to demote "
                                  "the last manager of the swarm")

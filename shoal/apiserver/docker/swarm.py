@@ -1,21 +1,21 @@
 """`/swarm`, `/swarm/init`, `/swarm/leave`, `/swarm/update`, `/swarm/join`; registered by app.py.
 
 Joining and leaving go through the daemon's SwarmControl (api/services.py): it starts or stops
-the manager and the agent. `ListenAddr` from the CLI (0.0.0.0:2377 by default) is recorded,
-never bound here: the cluster port belongs to the multi-host issue.
+the manager and the agent, binds the cluster port (never a wildcard address: see
+daemon/cluster.py) and holds a worker's membership, which its store does not. Token rotation
+goes through it too, since new tokens are bound to the root CA the daemon holds.
 """
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from shoal.api.errors import ALREADY_IN_SWARM, Unavailable, Unimplemented
-from shoal.api.types import JoinTokens, SwarmSpec
-from shoal.apiserver.docker.context import cluster_of, ctx, require_manager
+from shoal.api.errors import ALREADY_IN_SWARM, InvalidArgument, Unavailable
+from shoal.api.types import SwarmSpec
+from shoal.apiserver.docker.context import cluster_of, ctx, local_role, require_manager
 from shoal.apiserver.http import (
     add_route,
     empty_response,
@@ -40,6 +40,15 @@ class InitRequest(msgspec.Struct, rename="pascal", kw_only=True):
     subnet_size: int = 0
 
 
+class JoinRequest(msgspec.Struct, rename="pascal", kw_only=True):
+    listen_addr: str = ""
+    advertise_addr: str = ""
+    data_path_addr: str = ""
+    remote_addrs: list[str] | None = None
+    join_token: str = ""
+    availability: str = ""
+
+
 async def inspect(request: web.Request) -> web.Response:
     tx = require_manager(request)
     return json_response(cluster_of(tx))
@@ -48,29 +57,35 @@ async def inspect(request: web.Request) -> web.Response:
 async def init(request: web.Request) -> web.Response:
     c = ctx(request)
     body = await read_json(request, InitRequest)
-    if cluster_of(c.store.view()) is not None:
+    if local_role(c) is not None:
         raise Unavailable(ALREADY_IN_SWARM)
-    node_id = await c.swarm.init(body.advertise_addr, body.listen_addr or "0.0.0.0:2377", body.spec or {})
+    node_id = await c.swarm.init(body.advertise_addr, body.listen_addr, body.spec or {})
     return json_response(node_id)
 
 
 async def leave(request: web.Request) -> web.Response:
     c = ctx(request)
-    if cluster_of(c.store.view()) is None:
+    if local_role(c) is None:
         raise Unavailable("This node is not part of a swarm")
     await c.swarm.leave(query_bool(request, "force"))
     return empty_response()
 
 
 async def join(request: web.Request) -> web.Response:
-    raise Unimplemented("joining a swarm is not supported yet: Shoal runs single-node swarms for now "
-                        "(multi-host support is a later issue)")
-
-
-def _rotated(token: str) -> str:
-    """A new secret part, keeping the `SWMTKN-1-<ca digest>-` prefix."""
-    prefix, _, _ = token.rpartition("-")
-    return f"{prefix or 'SWMTKN-1'}-{secrets.token_hex(13)[:25]}"
+    c = ctx(request)
+    body = await read_json(request, JoinRequest)
+    if local_role(c) is not None:
+        raise Unavailable(ALREADY_IN_SWARM)
+    remotes = [a.strip() for a in body.remote_addrs or [] if a.strip()]
+    if not remotes:
+        raise InvalidArgument("at least 1 RemoteAddr is required to join")
+    if not body.join_token.strip():
+        raise InvalidArgument("a join token is required to join a swarm (docker swarm join --token TOKEN)")
+    if body.availability not in ("", "active"):
+        raise InvalidArgument(f"joining with availability {body.availability!r} is not supported: "
+                              "join, then use docker node update --availability")
+    await c.swarm.join(remotes, body.join_token.strip(), body.advertise_addr, body.listen_addr)
+    return empty_response()
 
 
 async def update(request: web.Request) -> web.Response:
@@ -78,21 +93,22 @@ async def update(request: web.Request) -> web.Response:
     require_manager(request)
     version = query_version(request, "swarm")
     spec = await read_json(request, SwarmSpec)
-    rotate_worker = query_bool(request, "rotateWorkerToken")
-    rotate_manager = query_bool(request, "rotateManagerToken")
+    if spec.dispatcher.heartbeat_period < 0 or spec.ca_config.node_cert_expiry < 0:
+        raise InvalidArgument("invalid swarm spec: durations must not be negative")
 
     def apply(tx: WriteTx) -> None:
         cluster = cluster_of(tx)
         if cluster is None:
             raise Unavailable("This node is not part of a swarm")
-        tokens = cluster.join_tokens
-        tokens = JoinTokens(worker=_rotated(tokens.worker) if rotate_worker else tokens.worker,
-                            manager=_rotated(tokens.manager) if rotate_manager else tokens.manager)
-        new = msgspec.structs.replace(cluster, spec=spec, join_tokens=tokens,
+        new = msgspec.structs.replace(cluster, spec=spec,
                                       version=msgspec.structs.replace(cluster.version, index=version))
         tx.update(new)
 
     await c.store.update(apply)
+    rotate_worker = query_bool(request, "rotateWorkerToken")
+    rotate_manager = query_bool(request, "rotateManagerToken")
+    if rotate_worker or rotate_manager:
+        await c.swarm.rotate_join_tokens(worker=rotate_worker, manager=rotate_manager)
     return empty_response()
 
 

@@ -14,9 +14,10 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from shoal.api.services import LocalNode
 from shoal.api.states import TaskState
 from shoal.api.types import Cluster, Node, Task
-from shoal.apiserver.docker.context import ApiContext, cluster_of, ctx
+from shoal.apiserver.docker.context import ApiContext, cluster_of, ctx, local_role
 from shoal.apiserver.http import API_VERSION, ENGINE_VERSION, MIN_API_VERSION, add_route, json_response
 
 _PING_HEADERS = {"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "no-cache",
@@ -24,8 +25,8 @@ _PING_HEADERS = {"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma
 
 
 async def ping(request: web.Request) -> web.Response:
-    in_swarm = cluster_of(ctx(request).store.view()) is not None
-    headers = dict(_PING_HEADERS, Swarm="active/manager" if in_swarm else "inactive")
+    role = local_role(ctx(request))
+    headers = dict(_PING_HEADERS, Swarm=f"active/{role}" if role else "inactive")
     body = b"" if request.method == "HEAD" else b"OK"
     return web.Response(body=body, headers=headers)
 
@@ -56,9 +57,19 @@ def _cluster_info(cluster: Cluster) -> dict[str, Any]:
     return data
 
 
+def _worker_info(node: LocalNode) -> dict[str, Any]:
+    """A worker knows only itself and its managers' addresses; Cluster is absent (moby's too)."""
+    return {"NodeID": node.node_id, "NodeAddr": node.addr, "LocalNodeState": "active",
+            "ControlAvailable": False, "Error": "",
+            "RemoteManagers": [{"NodeID": "", "Addr": addr} for addr in node.managers]}
+
+
 def _swarm_info(c: ApiContext) -> dict[str, Any]:
     tx = c.store.view()
     cluster = cluster_of(tx)
+    local = c.swarm.local_node()
+    if local is not None and local.role == "worker":
+        return _worker_info(local)
     node_id = c.swarm.local_node_id() or ""
     if cluster is None:
         return {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": False,

@@ -1,0 +1,78 @@
+"""A worker's runtime: its agent on a mutual-TLS session with a manager, and certificate renewal.
+
+Started by daemon/cluster.py after `swarm join` (or at start when node.json says this host is a
+worker) and stopped on `swarm leave` or shutdown. Each connection attempt reloads the node's
+identity from disk, so a certificate the renewer replaced is used by the next session; the Agent
+reconnects by itself (with backoff) whenever the session drops, and tries the known managers in
+turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from shoal.agent.agent import Agent
+from shoal.agent.exec.crun import CrunExecutor
+from shoal.agent.identity import CertificateRenewer, JoinError, NodeIdentity, open_session
+from shoal.api.clock import Clock
+from shoal.api.types import NodeDescription
+
+log = logging.getLogger(__name__)
+
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class WorkerRuntime:
+    def __init__(self, *, executor: CrunExecutor, clock: Clock, state_dir: Path, identity_dir: Path,
+                 description: Callable[[], NodeDescription], managers: list[str]) -> None:
+        self._executor = executor
+        self._clock = clock
+        self._state_dir = state_dir
+        self._identity_dir = identity_dir
+        self._description = description
+        self._managers = list(managers)
+        self._next = 0
+        self._agent: Agent | None = None
+        self._agent_task: asyncio.Task[None] | None = None
+        self._renewer: CertificateRenewer | None = None
+
+    def manager_addr(self) -> str:
+        return self._managers[self._next % len(self._managers)]
+
+    def _identity(self) -> NodeIdentity:
+        identity = NodeIdentity.load(self._identity_dir)
+        if identity is None:
+            raise ConnectionError(f"no usable node identity in {self._identity_dir}")
+        return identity
+
+    async def start(self) -> None:
+        identity = self._identity()
+        self._agent = Agent(self._executor, node_id=identity.node_id, state_dir=self._state_dir / "agent",
+                            description=self._description(), clock=self._clock)
+        self._agent_task = asyncio.create_task(self._agent.run(self._connect), name="worker-agent")
+        self._renewer = CertificateRenewer(self._identity_dir, self.manager_addr, self._clock)
+        await self._renewer.start()
+        log.info("worker %s started; managers %s", identity.node_id, ", ".join(self._managers))
+
+    async def _connect(self) -> Streams:
+        addr = self.manager_addr()
+        try:
+            return await open_session(addr, self._identity())
+        except JoinError as e:  # the Agent retries a ConnectionError quietly, with backoff
+            self._next += 1  # the next attempt tries the next manager
+            raise ConnectionError(str(e)) from None
+
+    async def stop(self, *, shutdown_tasks: bool) -> None:
+        if self._renewer is not None:
+            await self._renewer.stop()
+        if self._agent is not None:
+            await self._agent.stop(shutdown_tasks=shutdown_tasks)
+        if self._agent_task is not None:
+            self._agent_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._agent_task
+        self._agent = self._agent_task = self._renewer = None
