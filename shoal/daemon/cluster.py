@@ -29,7 +29,7 @@ from shoal.api.clock import Clock
 from shoal.api.defaults import initial_swarm_spec
 from shoal.api.errors import ALREADY_IN_SWARM, LEAVE_LAST_MANAGER, InvalidArgument, Unavailable
 from shoal.api.ids import new_id
-from shoal.api.services import LocalNode
+from shoal.api.services import LocalNode, LogSource
 from shoal.api.types import Cluster, ManagerStatus, Node, NodeDescription, SwarmSpec
 from shoal.daemon import membership as mb
 from shoal.daemon.managerside import ManagerRuntime
@@ -63,7 +63,7 @@ def merge_spec(base: SwarmSpec, overrides: dict[str, Any]) -> SwarmSpec:
 class ClusterControl:
     def __init__(self, *, store: Store, executor: CrunExecutor, clock: Clock, state_dir: Path,
                  description: Callable[[], NodeDescription], listen_addr: str = "0.0.0.0:2377",
-                 advertise_addr: str = "") -> None:
+                 advertise_addr: str = "", logs: LogSource | None = None) -> None:
         self._store = store
         self._executor = executor
         self._clock = clock
@@ -75,8 +75,9 @@ class ClusterControl:
         self._certs = state_dir / "certificates"
         self._lock = asyncio.Lock()
         self._membership = mb.load(self._node_file)
+        self._logs = logs
         self._manager = ManagerRuntime(store=store, executor=executor, clock=clock, state_dir=state_dir,
-                                       description=description)
+                                       description=description, logs=logs)
         self._worker: WorkerRuntime | None = None
 
     # ------------------------------------------------------------------------------ membership
@@ -96,6 +97,10 @@ class ClusterControl:
     def local_node_id(self) -> str | None:
         node = self.local_node()
         return node.node_id if node is not None else None
+
+    def cluster_log_source(self) -> LogSource | None:
+        """Where `service logs` reads on a manager: every node's agent, over its session."""
+        return self._manager.log_source()
 
     def cluster_port(self) -> int | None:
         """The port the cluster port is bound to, on a running manager."""
@@ -127,7 +132,7 @@ class ClusterControl:
     async def _start_worker(self, managers: list[str]) -> None:
         self._worker = WorkerRuntime(executor=self._executor, clock=self._clock, state_dir=self._state_dir,
                                      identity_dir=self._certs, description=self._description,
-                                     managers=managers)
+                                     managers=managers, logs=self._logs)
         await self._worker.start()
 
     # ---------------------------------------------------------------------------------- init

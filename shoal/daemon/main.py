@@ -9,15 +9,18 @@ start on the same data root adopts them, so a daemon upgrade or crash never rest
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from shoal.agent.exec.crun import CrunExecutor
 from shoal.agent.images.store import ImageStore
 from shoal.agent.logs import FileLogSource, LogCollector
 from shoal.api.clock import SystemClock
+from shoal.api.services import LogLine, LogSource
 from shoal.api.types import EngineDescription, NodeDescription, NodeResources, Platform
 from shoal.apiserver.docker.app import ApiServer, make_app
 from shoal.apiserver.docker.context import ApiContext, EngineInfo
@@ -61,6 +64,19 @@ def node_description(config: cfg.Config) -> NodeDescription:
         engine=EngineDescription(engine_version=ENGINE_VERSION, labels=config.labels or None))
 
 
+class RoutedLogSource:
+    """`service logs` on a manager reads each task where it runs (over that node's session);
+    with no manager running it reads this host's files."""
+
+    def __init__(self, control: ClusterControl, local: LogSource) -> None:
+        self._control, self._local = control, local
+
+    def read(self, task_id: str, *, tail: int | None, since: dt.datetime | None,
+             follow: bool) -> AsyncIterator[LogLine]:
+        source = self._control.cluster_log_source() or self._local
+        return source.read(task_id, tail=tail, since=since, follow=follow)
+
+
 async def _wait_for_signal() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -81,10 +97,12 @@ async def run(config: cfg.Config) -> None:
                             capacity=capacity, runtime=config.runtime)
     await executor.setup()  # refuses a --bridge-cidr that overlaps a host route
     collector = LogCollector(config.data_root)
+    local_logs = FileLogSource(config.data_root, collector)
     control = ClusterControl(store=store, executor=executor, clock=clock, state_dir=config.data_root,
                              description=lambda: node_description(config),
-                             listen_addr=config.listen_addr, advertise_addr=config.advertise_addr)
-    context = ApiContext(store=store, images=images, logs=FileLogSource(config.data_root, collector),
+                             listen_addr=config.listen_addr, advertise_addr=config.advertise_addr,
+                             logs=local_logs)
+    context = ApiContext(store=store, images=images, logs=RoutedLogSource(control, local_logs),
                          swarm=control, clock=clock, engine=engine_info(config))
     api = ApiServer(make_app(context), config.hosts)
     try:

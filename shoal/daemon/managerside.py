@@ -19,6 +19,7 @@ from pathlib import Path
 from shoal.agent.agent import Agent
 from shoal.agent.exec.crun import CrunExecutor
 from shoal.api.clock import Clock
+from shoal.api.services import LogSource
 from shoal.api.types import NodeDescription
 from shoal.manager.ca.authority import RootCA
 from shoal.manager.clusterport import ClusterPortServer
@@ -32,8 +33,9 @@ Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 class ManagerRuntime:
     def __init__(self, *, store: Store, executor: CrunExecutor, clock: Clock, state_dir: Path,
-                 description: Callable[[], NodeDescription]) -> None:
+                 description: Callable[[], NodeDescription], logs: LogSource | None = None) -> None:
         self._store = store
+        self._logs = logs
         self._executor = executor
         self._clock = clock
         self._state_dir = state_dir
@@ -44,6 +46,9 @@ class ManagerRuntime:
         self._agent: Agent | None = None
         self._agent_task: asyncio.Task[None] | None = None
         self._sessions: set[asyncio.Task[None]] = set()
+
+    def log_source(self) -> LogSource | None:
+        return self._manager.log_source() if self._manager is not None else None
 
     @property
     def port(self) -> int | None:
@@ -65,7 +70,7 @@ class ManagerRuntime:
             await self.stop(shutdown_tasks=False)
             raise
         self._agent = Agent(self._executor, node_id=node_id, state_dir=self._state_dir / "agent",
-                            description=self._description(), clock=self._clock)
+                            description=self._description(), clock=self._clock, logs=self._logs)
         self._agent_task = asyncio.create_task(self._agent.run(self._connect), name="manager-agent")
         log.info("manager %s: cluster port listening on %s:%d", node_id, host, self._port.port)
 

@@ -16,7 +16,7 @@ from urllib.parse import quote_plus
 
 from aiohttp import web
 
-from shoal.api.errors import InvalidArgument
+from shoal.api.errors import InvalidArgument, ShoalError
 from shoal.api.services import LogLine
 from shoal.api.types import Task
 from shoal.apiserver.docker.context import ApiContext, ctx, require_manager
@@ -88,24 +88,44 @@ async def _prepare(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+def _system_error(message: str) -> bytes:
+    data = f"{message}\n".encode()
+    return _FRAME.pack(3, len(data)) + data
+
+
+def _incomplete(reasons: list[str]) -> bytes:
+    """moby's warning when some task's logs could not be read (e.g. its node is unreachable)."""
+    return _system_error("warning: incomplete log stream. some logs could not be retrieved for the "
+                         f"following reasons: {', '.join(reasons)}")
+
+
 async def _pump(c: ApiContext, task: Task, opts: _Options, out: asyncio.Queue[bytes]) -> None:
     wanted = {1} if not opts.stderr else ({2} if not opts.stdout else {1, 2})
-    async for line in c.logs.read(task.id, tail=opts.tail, since=opts.since, follow=opts.follow):
-        if line.stream in wanted:
-            await out.put(frame(task, line, opts))
+    try:
+        async for line in c.logs.read(task.id, tail=opts.tail, since=opts.since, follow=opts.follow):
+            if line.stream in wanted:
+                await out.put(frame(task, line, opts))
+    except ShoalError as e:  # one task's node is gone: say so, keep the others streaming
+        await out.put(_incomplete([e.message]))
 
 
 async def _dump(resp: web.StreamResponse, c: ApiContext, tasks: list[Task], opts: _Options) -> None:
     """Without follow: every task's lines, merged by timestamp as swarmkit's broker interleaves them."""
     lines: list[tuple[dt.datetime, bytes]] = []
+    reasons: list[str] = []
     wanted = {1} if not opts.stderr else ({2} if not opts.stdout else {1, 2})
     for task in tasks:
-        async for line in c.logs.read(task.id, tail=opts.tail, since=opts.since, follow=False):
-            if line.stream in wanted:
-                lines.append((line.timestamp, frame(task, line, opts)))
+        try:
+            async for line in c.logs.read(task.id, tail=opts.tail, since=opts.since, follow=False):
+                if line.stream in wanted:
+                    lines.append((line.timestamp, frame(task, line, opts)))
+        except ShoalError as e:  # the lines of the other tasks still go out
+            reasons.append(e.message)
     lines.sort(key=lambda item: item[0])
     for _, data in lines:
         await resp.write(data)
+    if reasons:
+        await resp.write(_incomplete(reasons))
 
 
 async def _follow(resp: web.StreamResponse, c: ApiContext, service_id: str | None, tasks: list[Task],
