@@ -119,11 +119,12 @@ def test_d3_logs(fresh: tuple[Daemon, Docker]) -> None:
 
 def test_d3_stale_version_and_rm(fresh: tuple[Daemon, Docker]) -> None:
     daemon, docker = fresh
-    svc = json.loads(docker.run("service", "inspect", "web").stdout)[0]
+    docker.run("service", "create", "-d", "--name", "stale", "busybox", "sleep", "1000")
+    svc = json.loads(docker.run("service", "inspect", "stale").stdout)[0]
     old = svc["Version"]["Index"]
-    docker.run("service", "scale", "-d", "web=2")
+    docker.run("service", "scale", "-d", "stale=2")
     resp = daemon.api("POST", f"/v1.50/services/{svc['ID']}/update?version={old}", json=svc["Spec"])
     assert resp.status_code == 500 and "update out of sequence" in resp.json()["message"]
-    assert docker.run("service", "rm", "web").stdout.strip() == "web"
-    gone = docker.run("service", "inspect", "web", check=False)
-    assert gone.returncode == 1 and "no such service: web" in gone.stderr.lower()
+    assert docker.run("service", "rm", "stale").stdout.strip() == "stale"
+    gone = docker.run("service", "inspect", "stale", check=False)
+    assert gone.returncode == 1 and "no such service: stale" in gone.stderr.lower()

@@ -5,7 +5,10 @@ global services following eligible hosts, and `service logs` from every host."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -123,7 +126,7 @@ def test_global_service_follows_eligible_hosts(lab: Lab) -> None:
     remove(lab, "everywhere")
 
 
-def test_service_logs_show_tasks_on_every_host(lab: Lab) -> None:
+def test_service_logs_show_tasks_on_every_host(lab: Lab, tmp_path: Path) -> None:
     create(lab, "talkers", replicas=3, args=["sh", "-c", "echo hello-from-$(hostname); exec sleep 100000"])
     wait_running(lab, "talkers", 3)
     ids = {t["ID"]: hostnames(lab)[t["NodeID"]] for t in tasks(lab, "talkers")}
@@ -136,6 +139,14 @@ def test_service_logs_show_tasks_on_every_host(lab: Lab) -> None:
         return all(f"task.id={tid}".encode() in body for tid in ids) and body.count(b"hello-from-") == 3
 
     wait_for(all_lines, 30, "a log line from each host's task")
+    # The real docker CLI shows them too, each line tagged with the host it came from.
+    env = {"DOCKER_HOST": f"unix://{lab.socket('node1')}", "DOCKER_CONFIG": str(tmp_path),
+           "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    out = subprocess.run(["docker", "service", "logs", "--no-task-ids", "talkers"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    hosts = set(re.findall(r"^talkers\.\d@(node\d)\s+\| hello-from-", out.stdout, re.M))
+    assert hosts == {"node1", "node2", "node3"}, out.stdout
     remove(lab, "talkers")
 
 
