@@ -1,7 +1,7 @@
 """The `shoal` command (entry point `shoal.cli.main:main`): the root click group.
 
-It assembles the noun groups (service, swarm, node, image) and system commands, and turns every failure
-into docker's behaviour: the message on stderr and exit status 1 (click's own usage errors,
+It assembles the noun groups (service, swarm, node, network, image) and system commands, and turns
+every failure into docker's behaviour: the message on stderr and exit status 1 (click's own usage errors,
 exit 2 by default, exit 1 here too, with docker's `See '... --help'.` hint). `lab` (shoal.cli.lab)
 is loaded on first use, so the rest of the CLI works even where that module cannot be imported.
 """
@@ -17,6 +17,7 @@ import click
 
 from shoal.cli.client import App, CliError
 from shoal.cli.image import image
+from shoal.cli.network import network
 from shoal.cli.node import node
 from shoal.cli.service import service
 from shoal.cli.swarm import swarm
@@ -59,7 +60,8 @@ class ShoalGroup(click.Group):
             click.echo("Aborted!", err=True)
             sys.exit(1)
         except CliError as exc:
-            click.echo(exc.message, err=True)
+            if exc.message:  # empty when the command already printed its errors (network rm)
+                click.echo(exc.message, err=True)
             sys.exit(exc.exit_code)
 
 
@@ -75,7 +77,7 @@ def cli(ctx: click.Context, host: str | None) -> None:
         ctx.obj.host = host
 
 
-for command in (service, swarm, node, image, version, info, daemon):
+for command in (service, swarm, node, network, image, version, info, daemon):
     cli.add_command(command)
 
 

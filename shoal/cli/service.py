@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from shoal.cli.client import App, CliError, DaemonError, encode_filters, parse_filter_flags
+from shoal.cli.endpoint import ports_text
 from shoal.cli.format import print_inspect, print_rows, strip_digest, truncate_id
 from shoal.cli.service_create import create, finish, timeout_ns, watch_flags, with_flags
 from shoal.cli.service_inspect import pretty
@@ -39,13 +40,6 @@ def mode_name(mode: dict[str, Any]) -> str:
     return "replicated"
 
 
-def ports_text(svc: dict[str, Any]) -> str:
-    """docker's service ls PORTS: published ingress ports as `*:8080->80/tcp`."""
-    ports = (svc.get("Endpoint") or {}).get("Ports") or []
-    return ", ".join(f"*:{p.get('PublishedPort', 0)}->{p.get('TargetPort', 0)}/{p.get('Protocol', 'tcp')}"
-                     for p in ports if p.get("PublishMode", "ingress") == "ingress")
-
-
 def replicas_text(svc: dict[str, Any], counts: dict[str, tuple[int, int]]) -> str:
     status = svc.get("ServiceStatus")
     running, desired = ((status.get("RunningTasks", 0), status.get("DesiredTasks", 0)) if status
@@ -71,7 +65,7 @@ def service_row(svc: dict[str, Any], counts: dict[str, tuple[int, int]]) -> dict
     image = ((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image", "")
     return {"ID": truncate_id(svc["ID"]), "Name": spec.get("Name", ""),
             "Mode": mode_name(spec.get("Mode") or {}), "Replicas": replicas_text(svc, counts),
-            "Image": strip_digest(image), "Ports": ports_text(svc)}
+            "Image": strip_digest(image), "Ports": ports_text((svc.get("Endpoint") or {}).get("Ports") or [])}
 
 
 @service.command("ls")

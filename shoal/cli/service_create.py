@@ -2,7 +2,8 @@
 
 Registered on the `service` group by `shoal.cli.service`. Every value flag is taken as a string
 and validated by `service_spec`, so a bad value fails with docker's message and exit 1 before
-any request. Unless -d, the convergence loop of `shoal.cli.progress` follows.
+any request. `--network` names are then resolved to IDs (`GET /networks/NAME?scope=swarm`, as
+docker does). Unless -d, the convergence loop of `shoal.cli.progress` follows.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 import click
 
 from shoal.cli.client import App
+from shoal.cli.endpoint import resolve_networks
+from shoal.cli.network import network_resolver
 from shoal.cli.progress import watch
 from shoal.cli.service_spec import build_spec, convert, parse_duration
 
@@ -80,8 +83,10 @@ CREATE_FLAGS: list[Decorator] = [
     opt("--stop-signal", help="Signal to stop the container"),
     opt("--init", flag=True, help="Use an init inside each service container"),
     opt("--read-only", flag=True, help="Mount the container's root filesystem as read only"),
-    opt("-p", "--publish", multiple=True, help="Publish a port as a node port"),
-    opt("--network", multiple=True, help="Network attachments"),
+    opt("-p", "--publish", multiple=True,
+        help="Publish a port: [PUBLISHED:]TARGET[/PROTO] or published=,target=,protocol=,mode="),
+    opt("--network", multiple=True, help="Network attachments: NAME or name=NAME,alias=A,..."),
+    opt("--endpoint-mode", help='Endpoint mode ("vip" or "dnsrr") (default "vip")'),
     *resource_flags(), *update_flags("update"), *update_flags("rollback"), *watch_flags(),
 ]
 
@@ -114,6 +119,9 @@ def create(app: App, /, image: str, args: tuple[str, ...], **options: Any) -> No
     """Create a new service: IMAGE [COMMAND] [ARG...]."""
     spec = build_spec(image, args, options)
     timeout_ns(options)  # validate before sending anything
+    task = spec["TaskTemplate"]
+    if task.get("Networks"):
+        task["Networks"] = resolve_networks(task["Networks"], network_resolver(app))
     response = app.client.post("/services/create", body=spec)
     service_id = response["ID"]
     for warning in response.get("Warnings") or []:

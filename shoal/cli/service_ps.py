@@ -29,8 +29,9 @@ def node_name(node: Mapping[str, Any]) -> str:
 
 
 def task_ports(task: Mapping[str, Any]) -> str:
+    """docker's task PORTS: every port the task published (host mode), comma-joined, no space."""
     ports = ((task.get("Status") or {}).get("PortStatus") or {}).get("Ports") or []
-    return ", ".join(f"*:{p.get('PublishedPort', 0)}->{p.get('TargetPort', 0)}/{p.get('Protocol', 'tcp')}"
+    return ",".join(f"*:{p.get('PublishedPort', 0)}->{p.get('TargetPort', 0)}/{p.get('Protocol', 'tcp')}"
                      for p in ports)
 
 

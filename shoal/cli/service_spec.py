@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from shoal.api.units import parse_bytes, parse_duration_ns, parse_nano_cpus
 from shoal.cli.client import CliError
+from shoal.cli.endpoint import endpoint_mode, parse_network, parse_ports
 
 T = TypeVar("T")
 Options = Mapping[str, Any]
@@ -130,24 +131,6 @@ def kv_map(items: Iterable[str]) -> dict[str, str]:
         key, _, value = item.partition("=")
         out[key] = value
     return out
-
-
-def parse_port(text: str) -> Spec:
-    """`-p 8080:80[/udp]` or `published=8080,target=80,protocol=tcp,mode=ingress`."""
-    if "=" in text:
-        fields = dict(part.partition("=")[::2] for part in text.split(","))
-        port: Spec = {"Protocol": fields.get("protocol", "tcp"),
-                      "TargetPort": parse_uint(fields.get("target", "")),
-                      "PublishMode": fields.get("mode", "ingress")}
-        if fields.get("published"):
-            port["PublishedPort"] = parse_uint(fields["published"])
-        return port
-    ports, _, proto = text.partition("/")
-    published, sep, target = ports.rpartition(":")
-    port = {"Protocol": proto or "tcp", "TargetPort": parse_uint(target), "PublishMode": "ingress"}
-    if sep and published:
-        port["PublishedPort"] = parse_uint(published)
-    return port
 
 
 # ----------------------------------------------------------------------------------- spec sections
@@ -278,8 +261,9 @@ def build_spec(image: str, args: tuple[str, ...], o: Options) -> Spec:
     if restart is not None:
         task["RestartPolicy"] = restart
     task["Placement"] = placement(o)
-    if o.get("network"):
-        task["Networks"] = [{"Target": n} for n in o["network"]]
+    networks = [convert(n, "--network", parse_network) for n in o.get("network") or ()]
+    if networks:
+        task["Networks"] = networks  # Targets as typed: `service create` resolves them to IDs
     task["ForceUpdate"] = 0
     spec["TaskTemplate"] = task
     spec["Mode"] = service_mode(o)
@@ -287,11 +271,22 @@ def build_spec(image: str, args: tuple[str, ...], o: Options) -> Spec:
         config = apply_update_config(None, o, prefix)
         if config is not None:
             spec[field] = config
-    spec["EndpointSpec"] = {"Mode": "vip"}
-    ports = [convert(p, "--publish", parse_port) for p in o.get("publish") or ()]
-    if ports:
-        spec["EndpointSpec"]["Ports"] = ports
+    spec["EndpointSpec"] = endpoint_spec(o)
     return spec
+
+
+def publish_values(values: Iterable[str], flag: str) -> list[Spec]:
+    """Every port of a repeated publish flag (a short-form range gives several)."""
+    return [port for value in values for port in convert(value, flag, parse_ports)]
+
+
+def endpoint_spec(o: Options) -> Spec:
+    """EndpointSpec{Mode, Ports} from --endpoint-mode (default vip) and -p/--publish."""
+    out: Spec = {"Mode": convert(o.get("endpoint_mode") or "vip", "--endpoint-mode", endpoint_mode)}
+    ports = publish_values(o.get("publish") or (), "-p, --publish")
+    if ports:
+        out["Ports"] = ports
+    return out
 
 
 def image_with_tag(image: str) -> str:

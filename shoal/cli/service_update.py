@@ -2,7 +2,8 @@
 
 Registered on the `service` group by `shoal.cli.service`. As docker does, the whole ServiceSpec is
 sent with `?version=<Version.Index>`; `--force` bumps TaskTemplate.ForceUpdate; `--rollback`
-asks for the server-side rollback. `apply_update` is pure, for tests.
+asks for the server-side rollback. `apply_update` is pure, for tests (network names reach it
+through a resolver: `network_resolver` asks the daemon, as docker does, for the ID).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 import click
 
 from shoal.cli.client import App, CliError
+from shoal.cli.endpoint import Resolver, endpoint_mode, parse_network, update_networks, update_ports
+from shoal.cli.network import network_resolver
 from shoal.cli.service_create import (
     finish,
     opt,
@@ -35,6 +38,7 @@ from shoal.cli.service_spec import (
     kv_map,
     parse_constraint,
     parse_uint,
+    publish_values,
 )
 
 UPDATE_FLAGS = [
@@ -49,6 +53,11 @@ UPDATE_FLAGS = [
     opt("--container-label-rm", multiple=True, help="Remove a container label by its key"),
     opt("--constraint-add", multiple=True, help="Add or update a placement constraint"),
     opt("--constraint-rm", multiple=True, help="Remove a constraint"),
+    opt("--publish-add", multiple=True, help="Add or update a published port"),
+    opt("--publish-rm", multiple=True, help="Remove a published port by its target port"),
+    opt("--network-add", multiple=True, help="Add a network"),
+    opt("--network-rm", multiple=True, help="Remove a network"),
+    opt("--endpoint-mode", help='Endpoint mode ("vip" or "dnsrr")'),
     opt("--force", flag=True, help="Force update even if no changes require it"),
     opt("--rollback", flag=True, help="Rollback to previous specification"),
     *resource_flags(), *update_flags("update"), *update_flags("rollback"), *watch_flags(),
@@ -99,8 +108,26 @@ def _apply_placement(task: Spec, o: Options) -> None:
     placement["Constraints"] = constraints
 
 
-def apply_update(spec: Spec, o: Options) -> Spec:
-    """The changed copy of a ServiceSpec."""
+def _unresolved(ref: str) -> tuple[str, str]:
+    return ref, ref
+
+
+def _apply_endpoint(spec: Spec, o: Options, resolve: Resolver) -> None:
+    """--network-add/-rm (TaskTemplate.Networks), --publish-add/-rm and --endpoint-mode (EndpointSpec)."""
+    if o.get("network_add") or o.get("network_rm"):
+        add = [convert(n, "--network-add", parse_network) for n in o["network_add"]]
+        update_networks(spec, add, o["network_rm"], resolve)
+    if o.get("publish_add") or o.get("publish_rm"):
+        endpoint = spec.setdefault("EndpointSpec", {})
+        update_ports(endpoint, publish_values(o["publish_add"], "--publish-add"),
+                     publish_values(o["publish_rm"], "--publish-rm"))
+    if o.get("endpoint_mode") is not None:
+        spec.setdefault("EndpointSpec", {})["Mode"] = convert(o["endpoint_mode"], "--endpoint-mode",
+                                                              endpoint_mode)
+
+
+def apply_update(spec: Spec, o: Options, resolve: Resolver = _unresolved) -> Spec:
+    """The changed copy of a ServiceSpec; `resolve` turns network refs into (ID, name)."""
     out = copy.deepcopy(spec)
     task = out.setdefault("TaskTemplate", {})
     _apply_container(task.setdefault("ContainerSpec", {}), o)
@@ -113,6 +140,7 @@ def apply_update(spec: Spec, o: Options) -> Spec:
     if restart is not None:
         task["RestartPolicy"] = restart
     _apply_placement(task, o)
+    _apply_endpoint(out, o, resolve)
     for prefix, field in (("update", "UpdateConfig"), ("rollback", "RollbackConfig")):
         config = apply_update_config(out.get(field), o, prefix)
         if config is not None:
@@ -142,7 +170,7 @@ def update(app: App, /, name: str, **options: Any) -> None:
         params["rollback"] = "previous"
         spec = svc["Spec"]
     else:
-        spec = apply_update(svc["Spec"], options)
+        spec = apply_update(svc["Spec"], options, network_resolver(app))
     response = app.client.post(f"/services/{svc['ID']}/update", params, spec) or {}
     for warning in (response.get("Warnings") if isinstance(response, dict) else None) or []:
         click.echo(warning, err=True)

@@ -1,13 +1,14 @@
 """`shoal swarm init|join|leave|update|join-token`: swarm membership, printed as docker prints it.
 
 `shoal.cli.main` adds this group to the root. The spec flags (`--cert-expiry`,
-`--dispatcher-heartbeat`, `--task-history-limit`) are checked before any request and, as docker
-does, only the flags given change the spec (`spec_changes` is pure).
+`--dispatcher-heartbeat`, `--task-history-limit`, and init's `--default-addr-pool*`) are checked
+before any request and, as docker does, only the flags given change the spec (`spec_changes` is pure).
 """
 
 from __future__ import annotations
 
 import copy
+import ipaddress
 from typing import Any
 
 import click
@@ -66,12 +67,34 @@ def node_addr(text: str, flag: str) -> str:
     return f"{host or '0.0.0.0'}:{port or DEFAULT_PORT}"
 
 
-def init_request(advertise_addr: str | None, listen_addr: str,
-                 changes: dict[str, dict[str, int]]) -> dict[str, Any]:
+def parse_pool(text: str) -> str:
+    """pflag's IPNet slice: comma-separated CIDRs, each sent as its network (`10.20.0.0/16`)."""
+    pools = []
+    for item in text.split(","):
+        address, sep, prefix = item.strip().partition("/")
+        try:
+            if not sep or not prefix.isdigit():
+                raise ValueError(item)
+            pools.append(str(ipaddress.ip_network(f"{address}/{prefix}", strict=False)))
+        except ValueError:
+            raise ValueError(f"invalid CIDR address: {item.strip()}") from None
+    return ",".join(pools)
+
+
+def address_pools(pools: tuple[str, ...], mask_length: str | None) -> tuple[list[str], int]:
+    """--default-addr-pool (repeatable) and --default-addr-pool-mask-length (default 24)."""
+    cidrs = [c for p in pools for c in convert(p, "--default-addr-pool", parse_pool).split(",")]
+    size = 24 if mask_length is None else convert(mask_length, "--default-addr-pool-mask-length", parse_uint)
+    return cidrs, size
+
+
+def init_request(advertise_addr: str | None, listen_addr: str, changes: dict[str, dict[str, int]],
+                 pools: list[str] | None = None, subnet_size: int = 24) -> dict[str, Any]:
     """docker's InitRequest; the spec carries only the flags given."""
     return {"ListenAddr": node_addr(listen_addr, "--listen-addr"), "AdvertiseAddr": advertise_addr or "",
             "DataPathAddr": "", "DataPathPort": 0, "ForceNewCluster": False, "Spec": merge_spec({}, changes),
-            "AutoLockManagers": False, "Availability": "", "DefaultAddrPool": [], "SubnetSize": 24}
+            "AutoLockManagers": False, "Availability": "", "DefaultAddrPool": pools or [],
+            "SubnetSize": subnet_size}
 
 
 def join_hint(token: str, addr: str, role: str = "worker") -> str:
@@ -82,13 +105,17 @@ def join_hint(token: str, addr: str, role: str = "worker") -> str:
 @swarm.command("init")
 @click.option("--advertise-addr", help="Advertised address (format: <ip|interface>[:port])")
 @click.option("--listen-addr", default="0.0.0.0:2377", show_default=True, help="Listen address")
+@click.option("--default-addr-pool", multiple=True, help="Default address pool in CIDR format")
+@click.option("--default-addr-pool-mask-length", help="Default address pool subnet mask length (default 24)")
 @spec_flags
 @click.pass_obj
-def init(app: App, advertise_addr: str | None, listen_addr: str, task_history_limit: str | None,
+def init(app: App, advertise_addr: str | None, listen_addr: str, default_addr_pool: tuple[str, ...],
+         default_addr_pool_mask_length: str | None, task_history_limit: str | None,
          dispatcher_heartbeat: str | None, cert_expiry: str | None) -> None:
     """Initialize a swarm."""
     changes = spec_changes(task_history_limit, dispatcher_heartbeat, cert_expiry)
-    body = init_request(advertise_addr, listen_addr, changes)
+    pools, subnet_size = address_pools(default_addr_pool, default_addr_pool_mask_length)
+    body = init_request(advertise_addr, listen_addr, changes, pools, subnet_size)
     node_id = app.client.post("/swarm/init", body=body)
     node = app.client.get(f"/nodes/{node_id}")
     cluster = app.client.get("/swarm")
