@@ -395,20 +395,19 @@ def test_wipe_deletes_everything_and_tells_watchers() -> None:
     run(body)
 
 
-def test_hundred_thousand_tasks_commit_and_read_by_index_fast(tmp_path: Path) -> None:
-    import time
-
+def test_hundred_thousand_tasks_in_one_transaction_are_indexed_and_survive_reopen(tmp_path: Path) -> None:
+    """100k tasks in one commit (the scheduler's batch size at scale) land whole and indexed.
+    How long it takes is measured in bench/bench_scheduler.py, not asserted here."""
     tasks = [task(f"t{i:06d}", f"s{i % 10}", f"n{i % 100}") for i in range(100_000)]
 
-    async def body(store: SqliteStore) -> float:
-        start = time.perf_counter()
+    async def write(store: SqliteStore) -> None:
         await store.update(lambda tx: [tx.create(t) for t in tasks])
-        elapsed = time.perf_counter() - start
+
+    async def read(store: SqliteStore) -> None:
         assert len(list(store.view().tasks_of_service("s3"))) == 10_000
         assert len(list(store.view().tasks_of_node("n7"))) == 1_000
-        return elapsed
 
-    elapsed = run(body, tmp_path / "big.db")
-    assert elapsed < 2.0, f"100k creates took {elapsed:.2f}s"
+    run(write, tmp_path / "big.db")
+    run(read, tmp_path / "big.db")
 
 
