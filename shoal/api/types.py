@@ -245,13 +245,59 @@ class Task(Meta, frozen=True):
     node_id: str = field(name="NodeID", default="")
     status: TaskStatus = TaskStatus()
     desired_state: TaskState = TaskState.NEW
-    networks_attachments: list[Any] | None = None
+    networks_attachments: list[NetworkAttachment] | None = None
     # Which spec of the service this task was made from (the service's Version.Index when the spec
     # last changed). Shoal-specific: lets the orchestrator see a dirty task without comparing specs.
     service_version: int = 0
     # Shoal-specific: how many restarts of this same spec in this slot preceded this task (the restart
     # supervisor's MaxAttempts count; swarmkit keeps it in memory and loses it on leader change).
     restart_count: int = 0
+
+
+# ------------------------------------------------------------------------------------------- network
+class IPAMConfig(Base, frozen=True):
+    subnet: str = ""
+    range: str = ""
+    gateway: str = ""
+
+
+class IPAMOptions(Base, frozen=True):
+    driver: Driver = Driver()
+    configs: list[IPAMConfig] | None = None
+
+
+class NetworkSpec(Base, frozen=True):
+    """What `POST /networks/create` asked for (swarm's NetworkSpec); `ipam_options` holds what was
+    given, the allocated subnet and gateway live in `Network.ipam_options`."""
+
+    name: str = ""
+    labels: dict[str, str] | None = None
+    driver_configuration: Driver | None = None
+    ipv6_enabled: bool = field(name="IPv6Enabled", default=False)
+    internal: bool = False
+    attachable: bool = False
+    ingress: bool = False
+    ipam_options: IPAMOptions | None = field(name="IPAMOptions", default=None)
+    scope: str = ""
+
+
+class Network(Meta, frozen=True):
+    """An overlay network (swarm's Network). `driver_state.options` carries the VXLAN ID under
+    "com.docker.network.driver.overlay.vxlanid_list"; `ipam_options.configs[0]` the subnet and
+    gateway allocated at create (shoal/api/ipam.py). Written by the API server and at `swarm init`."""
+
+    spec: NetworkSpec = NetworkSpec()
+    driver_state: Driver | None = None
+    ipam_options: IPAMOptions | None = field(name="IPAMOptions", default=None)
+
+
+class NetworkAttachment(Base, frozen=True):
+    """One network of a task: the network as it was when the address was allocated, the task's
+    addresses on it ("10.0.1.5/24") and its DNS aliases. Written by the manager's allocator."""
+
+    network: Network = Network()
+    addresses: list[str] | None = None
+    aliases: list[str] | None = None
 
 
 # ---------------------------------------------------------------------------------------------- node
@@ -354,4 +400,4 @@ class Cluster(Meta, frozen=True):
 
 
 # Every kind of object the store holds. The store keys its tables by these classes.
-STORED_KINDS: tuple[type[Meta], ...] = (Cluster, Node, Service, Task)
+STORED_KINDS: tuple[type[Meta], ...] = (Cluster, Node, Network, Service, Task)

@@ -12,7 +12,15 @@ import re
 import msgspec
 
 from shoal.api.errors import InvalidArgument
-from shoal.api.types import ContainerSpec, Resources, RestartPolicy, ServiceSpec, TaskSpec, UpdateConfig
+from shoal.api.types import (
+    ContainerSpec,
+    EndpointSpec,
+    Resources,
+    RestartPolicy,
+    ServiceSpec,
+    TaskSpec,
+    UpdateConfig,
+)
 
 _INVALID = "rpc error: code = InvalidArgument desc = "
 # Errors swarmkit's constraint parser returns as plain Go errors reach the client as code Unknown.
@@ -90,6 +98,7 @@ def validate_service_spec(spec: ServiceSpec) -> None:
     _validate_update(spec.update_config, "update")
     _validate_update(spec.rollback_config, "rollback")
     _validate_mode(spec)
+    validate_endpoint(spec.endpoint_spec)
 
 
 def _validate_task(task: TaskSpec) -> None:
@@ -171,3 +180,48 @@ def _validate_mode(spec: ServiceSpec) -> None:
     replicas = mode.replicated.replicas if mode.replicated is not None else None
     if replicas is not None and replicas < 0:
         raise InvalidArgument(_INVALID + "Number of replicas must be non-negative")
+
+
+_PROTOCOLS = ("", "tcp", "udp", "sctp")
+_PUBLISH_MODES = ("", "ingress", "host")
+_NETWORK_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+
+
+def validate_endpoint(ep: EndpointSpec | None) -> None:
+    """swarmkit validateEndpointSpec: mode, port ranges, protocols, duplicates, dnsrr + ingress."""
+    if ep is None:
+        return
+    if ep.mode not in ("", "vip", "dnsrr"):
+        raise InvalidArgument(_INVALID + f"EndpointSpec: invalid resolution mode '{ep.mode}': "
+                              "must be vip or dnsrr")
+    seen: set[tuple[str, int, str]] = set()
+    for port in ep.ports or ():
+        if port.protocol not in _PROTOCOLS:
+            raise InvalidArgument(_INVALID + f"EndpointSpec: invalid protocol '{port.protocol}': "
+                                  "must be tcp, udp or sctp")
+        if port.publish_mode not in _PUBLISH_MODES:
+            raise InvalidArgument(_INVALID + f"EndpointSpec: invalid publish mode '{port.publish_mode}': "
+                                  "must be ingress or host")
+        if not 1 <= port.target_port <= 65535:
+            raise InvalidArgument(_INVALID + f"EndpointSpec: invalid target port {port.target_port}: "
+                                  "must be between 1 and 65535")
+        if not 0 <= port.published_port <= 65535:
+            raise InvalidArgument(_INVALID + f"EndpointSpec: invalid published port {port.published_port}: "
+                                  "must be between 0 and 65535")
+        ingress = port.publish_mode in ("", "ingress")
+        if ingress and ep.mode == "dnsrr":
+            raise InvalidArgument(_INVALID + "EndpointSpec: port published with ingress mode can't be "
+                                  "used with dnsrr mode")
+        key = (port.protocol or "tcp", port.published_port, port.publish_mode or "ingress")
+        if port.published_port and key in seen:
+            raise InvalidArgument(_INVALID + "EndpointSpec: duplicate published ports provided")
+        seen.add(key)
+
+
+def validate_network_name(name: str) -> None:
+    """A network name as Docker accepts it: a letter or digit, then letters, digits, `_.-`."""
+    if not name:
+        raise InvalidArgument(_INVALID + "meta: name must be provided")
+    if len(name) > 63 or not _NETWORK_NAME.match(name):
+        raise InvalidArgument(_INVALID + f"invalid network name {name!r}: use letters, digits, "
+                              "'_', '.' and '-' (at most 63 characters), starting with a letter or digit")

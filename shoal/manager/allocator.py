@@ -1,11 +1,14 @@
 """The Allocator component: NEW -> PENDING once a task's resources are allocated.
 
 Started and stopped by manager/manager.py (leader only), between the orchestrators and the
-scheduler. Today a task needs nothing allocated, so every NEW task whose DesiredState is READY or
-RUNNING moves to PENDING with "pending task scheduling"; network attachments, VIPs and published
-ports land in `allocate()` in a later issue (swarmkit's allocator votes in the same place). Tasks
-the orchestrator already wants stopped stay NEW: they will never run, so allocating is waste.
-Changes are gathered (whatever arrived before the next pass, no fixed wait) and committed in one transaction.
+scheduler. A NEW task whose DesiredState is READY or RUNNING gets an address on each of its
+networks (shoal/manager/netalloc: its spec's networks, plus ingress when its service publishes an
+ingress port) as Task.NetworksAttachments and moves to PENDING with "pending task scheduling".
+When a network has no free address the task stays NEW with Status.Err saying so (`service ps`
+shows it) and is retried when addresses are freed: a task dies or is deleted, or a service changes.
+Tasks the orchestrator already wants stopped stay NEW: they will never run, so allocating is waste.
+Which task holds which address is rebuilt from the store at start. Changes are gathered (whatever
+arrived before the next pass, no fixed wait) and committed in one transaction.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import logging
 import msgspec
 
 from shoal.api.clock import Clock
+from shoal.api.ipam import holds_addresses
 from shoal.api.states import TaskState
-from shoal.api.types import Task, TaskStatus
-from shoal.store.protocol import ReadTx, Store, Watch, WriteTx
+from shoal.api.types import Service, Task, TaskStatus
+from shoal.manager.netalloc.tasks import AllocationError, TaskAddresses, attach
+from shoal.store.protocol import Change, ReadTx, Store, Watch, WriteTx
 
 log = logging.getLogger(__name__)
 
@@ -32,26 +37,25 @@ def needs_allocation(task: Task) -> bool:
     return task.status.state == TaskState.NEW and task.desired_state in _ALLOCATABLE_DESIRED
 
 
-def allocate(task: Task) -> Task | None:
-    """The task with its resources allocated, or None if it must wait. The seam for networks."""
-    return task
-
-
 class Allocator:
     """Component (start/stop). `tick()` is public so tests can drive one pass."""
 
     def __init__(self, store: Store, clock: Clock, *, debounce_s: float = 0.0) -> None:
         self._store, self._clock, self._debounce_s = store, clock, debounce_s
         self._dirty: set[str] = set()
+        self._waiting: set[str] = set()  # tasks NEW for want of an address
+        self._held = TaskAddresses()
         self._wake = asyncio.Event()
         self._watch: Watch | None = None
         self._runners: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         def snapshot(tx: ReadTx) -> list[str]:
-            return [t.id for t in tx.list(Task) if needs_allocation(t)]
+            tasks = tx.list(Task)
+            self._held.load(tasks)
+            return [t.id for t in tasks if needs_allocation(t)]
 
-        ids, self._watch = self._store.view_and_watch(snapshot, kinds=(Task,))
+        ids, self._watch = self._store.view_and_watch(snapshot, kinds=(Task, Service))
         self._mark(ids)
         self._runners = [asyncio.create_task(self._consume(self._watch), name="allocator-watch"),
                          asyncio.create_task(self._run(), name="allocator-ticks")]
@@ -73,8 +77,26 @@ class Allocator:
 
     async def _consume(self, watch: Watch) -> None:
         async for changes in watch:
-            self._mark([c.obj.id for c in changes if c.action != "delete" and isinstance(c.obj, Task)
-                        and needs_allocation(c.obj)])
+            self._mark(self._observe(changes))
+
+    def _observe(self, changes: list[Change]) -> list[str]:
+        """Task IDs to (re)try: new tasks, and the waiting ones when addresses may have been freed."""
+        marked: list[str] = []
+        freed = False
+        for change in changes:
+            obj = change.obj
+            if isinstance(obj, Service):
+                freed = True  # a VIP may have gone with the service or its networks
+            elif isinstance(obj, Task):
+                if change.action == "delete" or not holds_addresses(obj):
+                    freed = self._held.release(obj) or freed
+                    if change.action == "delete":
+                        self._waiting.discard(obj.id)
+                elif needs_allocation(obj):
+                    marked.append(obj.id)
+        if freed:
+            marked.extend(self._waiting)
+        return marked
 
     async def _run(self) -> None:
         while True:
@@ -97,6 +119,7 @@ class Allocator:
             return await self._store.update(lambda tx: self._commit(tx, sorted(ids)))
         except BaseException:
             self._dirty |= ids  # level-triggered: retry them on the next tick
+            self._held.load(self._store.view().list(Task))  # forget what the failed commit took
             raise
 
     def _commit(self, tx: WriteTx, ids: list[str]) -> int:
@@ -105,9 +128,16 @@ class Allocator:
             task = tx.get(Task, tid)
             if task is None or not needs_allocation(task):
                 continue  # re-read in the transaction: it may have changed since it was marked
-            allocated = allocate(task)
-            if allocated is None:
+            try:
+                allocated = attach(tx, task, self._held)
+            except AllocationError as e:
+                self._waiting.add(tid)
+                if task.status.err != str(e):
+                    status = TaskStatus(timestamp=now, state=TaskState.NEW,
+                                        message="pending network allocation", err=str(e))
+                    tx.update(msgspec.structs.replace(task, status=status))
                 continue
+            self._waiting.discard(tid)
             status = TaskStatus(timestamp=now, state=TaskState.PENDING, message=PENDING_MESSAGE)
             tx.update(msgspec.structs.replace(allocated, status=status))
             moved += 1

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from shoal.apiserver.docker import images, logs, nodes, services, swarm, system, tasks
+from shoal.apiserver.docker import images, logs, networks, nodes, services, swarm, system, tasks
 from shoal.apiserver.docker.context import CONTEXT_KEY, ApiContext
 from shoal.apiserver.http import add_docker_headers, error_middleware
 
@@ -28,7 +28,7 @@ def make_app(context: ApiContext) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=_MAX_BODY_BYTES)
     app[CONTEXT_KEY] = context
     app.on_response_prepare.append(add_docker_headers)
-    for module in (system, swarm, services, tasks, nodes, logs, images):
+    for module in (system, swarm, services, tasks, nodes, logs, images, networks):
         module.register(app)
     return app
 

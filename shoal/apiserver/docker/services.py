@@ -18,7 +18,6 @@ from shoal.api.errors import Conflict, FailedPrecondition, Unimplemented
 from shoal.api.ids import new_id
 from shoal.api.states import TaskState
 from shoal.api.types import (
-    Endpoint,
     ReplicatedService,
     Service,
     ServiceMode,
@@ -30,6 +29,7 @@ from shoal.api.types import (
 )
 from shoal.api.validation import validate_service_spec
 from shoal.apiserver.docker.context import ctx, require_manager
+from shoal.apiserver.docker.endpoint import allocate_endpoint, with_network_ids
 from shoal.apiserver.docker.lookup import resolve_service
 from shoal.apiserver.http import (
     add_route,
@@ -127,7 +127,10 @@ async def create(request: web.Request) -> web.Response:
         if tx.find_by_name(Service, spec.name) is not None:
             raise Conflict("rpc error: code = AlreadyExists desc = name conflicts with an existing object: "
                            f"service {spec.name} already exists")
-        return tx.create(Service(id=new_id(), spec=spec, endpoint=Endpoint(spec=spec.endpoint_spec)))
+        service_id = new_id()
+        resolved = with_network_ids(tx, spec)
+        endpoint = allocate_endpoint(tx, service_id, resolved, None)
+        return tx.create(Service(id=service_id, spec=resolved, endpoint=endpoint))
 
     svc = await c.store.update(apply)
     return json_response({"ID": svc.id, "Warnings": None}, status=201)
@@ -165,8 +168,9 @@ async def update(request: web.Request) -> web.Response:
             new = _rolled_back(svc, ref, now)
         else:
             _check_update(svc.spec, spec)
-            new = msgspec.structs.replace(svc, spec=spec, previous_spec=svc.spec, update_status=None)
-        endpoint = msgspec.structs.replace(svc.endpoint or Endpoint(), spec=new.spec.endpoint_spec)
+            new = msgspec.structs.replace(svc, spec=with_network_ids(tx, spec), previous_spec=svc.spec,
+                                          update_status=None)
+        endpoint = allocate_endpoint(tx, svc.id, new.spec, svc.endpoint)
         # The stored version is compared by the store: a stale `version` raises SequenceConflict.
         tx.update(msgspec.structs.replace(new, endpoint=endpoint, version=Version(index=version)))
 

@@ -14,8 +14,17 @@ import msgspec
 from aiohttp import web
 
 from shoal.api.errors import ALREADY_IN_SWARM, InvalidArgument, Unavailable
-from shoal.api.types import SwarmSpec
+from shoal.api.ipam import (
+    DEFAULT_SUBNET_SIZE,
+    PoolExhausted,
+    find_ingress,
+    new_ingress,
+    subnet_of,
+    validate_pools,
+)
+from shoal.api.types import Network, SwarmSpec
 from shoal.apiserver.docker.context import cluster_of, ctx, local_role, require_manager
+from shoal.apiserver.docker.networks import host_routes
 from shoal.apiserver.http import (
     add_route,
     empty_response,
@@ -59,8 +68,32 @@ async def init(request: web.Request) -> web.Response:
     body = await read_json(request, InitRequest)
     if local_role(c) is not None:
         raise Unavailable(ALREADY_IN_SWARM)
+    pools, size = None, 0
+    if body.default_addr_pool or body.subnet_size not in (0, DEFAULT_SUBNET_SIZE):
+        pools, size = validate_pools(body.default_addr_pool or [], body.subnet_size, host_routes())
     node_id = await c.swarm.init(body.advertise_addr, body.listen_addr, body.spec or {})
+    if pools is not None:
+        await c.store.update(lambda tx: _set_pools(tx, pools, size))
     return json_response(node_id)
+
+
+def _set_pools(tx: WriteTx, pools: list[str], size: int) -> None:
+    """Store the pools given at init and carve `ingress` (made by bootstrap from the default
+    pool, before anything is attached to it) out of them instead."""
+    cluster = cluster_of(tx)
+    if cluster is None:
+        return
+    tx.update(msgspec.structs.replace(cluster, default_addr_pool=pools, subnet_size=size))
+    ingress = find_ingress(tx.list(Network))
+    others = [s for s in (subnet_of(n) for n in tx.list(Network) if n is not ingress) if s is not None]
+    try:
+        fresh = new_ingress(pools, size, [*others, *host_routes()], network_id=ingress.id if ingress else "")
+    except PoolExhausted as e:
+        raise InvalidArgument(str(e)) from None
+    if ingress is None:
+        tx.create(fresh)
+    else:
+        tx.update(msgspec.structs.replace(ingress, ipam_options=fresh.ipam_options))
 
 
 async def leave(request: web.Request) -> web.Response:
