@@ -24,6 +24,8 @@ certificate it may only ask, on a connection without a client certificate:
 With a client certificate (the node's identity is its certificate's CN):
   node -> RenewCertificate(csr)   manager -> IssuedCertificate(...) (certificate renewal)
   node -> Register(...)           the dispatcher session above
+Overlay networking (issue 4): after Assignments, and again whenever it changes, the manager sends
+  manager -> NetworkState(...)   the node's whole network view (full state each time; small)
 Logs of a task on a remote node (manager asks the node over its session):
   manager -> LogsRequest(id, task_id, tail, since_ns, follow)
   agent -> LogsChunk(id, lines, done)   ... until done; manager -> LogsCancel(id) stops a follow
@@ -129,9 +131,58 @@ class LogsCancel(msgspec.Struct, tag="logs_cancel", frozen=True, kw_only=True):
     request_id: int
 
 
+class OverlayNetwork(msgspec.Struct, frozen=True, kw_only=True):
+    network_id: str
+    name: str
+    vni: int
+    subnet: str  # "10.0.1.0/24"
+    gateway: str  # "10.0.1.1" (never a task's address)
+    ingress: bool = False
+    internal: bool = False
+
+
+class PublishedPortSpec(msgspec.Struct, frozen=True, kw_only=True):
+    protocol: str  # tcp | udp
+    target: int
+    published: int
+    mode: str  # ingress | host
+
+
+class TaskEndpoint(msgspec.Struct, frozen=True, kw_only=True):
+    task_id: str
+    node_id: str
+    address: str  # on this network, without prefix length
+    aliases: list[str] = []
+    # In DNS and load balancing only while running and its desired state is running (so a task
+    # being stopped leaves the backend set first: it is drained before its container stops).
+    serving: bool = False
+
+
+class ServiceEndpoints(msgspec.Struct, frozen=True, kw_only=True):
+    """One service on one network."""
+
+    service_id: str
+    name: str
+    network_id: str
+    endpoint_mode: str  # vip | dnsrr
+    vip: str = ""  # without prefix length; "" in dnsrr mode
+    aliases: list[str] = []
+    ports: list[PublishedPortSpec] = []
+    tasks: list[TaskEndpoint] = []
+
+
+class NetworkState(msgspec.Struct, tag="network_state", frozen=True, kw_only=True):
+    node_addr: str  # this node's underlay address (VXLAN local)
+    ingress_addr: str = ""  # this node's own address on the ingress network ("" if none)
+    networks: list[OverlayNetwork] = []  # networks with a task on this node, plus ingress when used
+    peers: dict[str, list[str]] = {}  # network_id -> underlay addresses of the other nodes on it
+    ingress_hosts: list[str] = []  # every node's ingress address, in one cluster-wide order
+    services: list[ServiceEndpoints] = []  # services on the networks above
+
+
 Message = (Register | Registered | Heartbeat | StatusBatch | Assignments | SessionError | GetRootCA
            | RootCA | IssueCertificate | RenewCertificate | IssuedCertificate | LogsRequest | LogsChunk
-           | LogsCancel)
+           | LogsCancel | NetworkState)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
