@@ -51,6 +51,7 @@ from shoal.api.types import (
 from shoal.manager.scheduler.nodeinfo import build_node_infos
 from shoal.manager.scheduler.pipeline import schedule
 from shoal.manager.scheduler.scheduler import Scheduler
+from shoal.store.protocol import WriteTx
 from shoal.store.sqlite import SqliteStore
 
 SWARMKIT_S = 6.1  # 100k tasks on 1k nodes (moby/swarmkit#1550)
@@ -134,9 +135,9 @@ async def with_commit(nodes: list[Node], tasks: list[Task],
     try:
         start = time.perf_counter()
 
-        def load(tx: object) -> None:
+        def load(tx: WriteTx) -> None:
             for obj in (*nodes, *tasks):
-                tx.create(obj)  # type: ignore[attr-defined]
+                tx.create(obj)
 
         await store.update(load)
         preload = time.perf_counter() - start

@@ -3,7 +3,8 @@
 Used by bench/bench_hollow.py to put many nodes on one real manager from one process (one asyncio
 loop, one stream per node): it registers, heartbeats at the period the manager sends back in
 Registered, and answers assignments at once with status reports:
-  - an assigned task whose desired state is at most RUNNING -> RUNNING, with a fake PID;
+  - an assigned task whose desired state is RUNNING -> RUNNING, with a fake PID (READY, a delayed
+    restart, -> READY);
   - a task whose desired state is past RUNNING (shutdown, remove, ...) -> SHUTDOWN;
   - a task removed from the node (Assignments.removed, or left out of a full set) is forgotten.
 Reports are batched like the real agent's (a 10 ms window, at most 1000 updates a frame); after a
@@ -198,7 +199,11 @@ class HollowAgent:
 
     def _next_status(self, task: Task, now: dt.datetime) -> TaskStatus | None:
         current = self.statuses.get(task.id) or task.status
-        if task.desired_state <= TaskState.RUNNING:
+        if task.desired_state < TaskState.RUNNING:  # READY: a delayed restart, prepared not started
+            if current.state >= TaskState.READY:
+                return None
+            return TaskStatus(timestamp=now, state=TaskState.READY, message="prepared")
+        if task.desired_state == TaskState.RUNNING:
             if current.state >= TaskState.RUNNING:
                 return None  # running already (or finished: states only move forward)
             return TaskStatus(timestamp=now, state=TaskState.RUNNING, message="started",
