@@ -26,7 +26,7 @@ import msgspec
 
 from shoal.api.types import Task
 from shoal.manager.scheduler.constraints import node_attribute
-from shoal.manager.scheduler.filters import Requirements, check_all, check_dynamic, explain
+from shoal.manager.scheduler.filters import Requirements, check_all, check_dynamic, check_static, explain
 from shoal.manager.scheduler.nodeinfo import NodeInfo, Workspace
 
 
@@ -90,33 +90,63 @@ class _Branch:
         return None
 
 
-def _tree(ws: Workspace, req: Requirements, node_ids: list[str], depth: int = 0) -> _Leaf | _Branch:
+class _PassCache:
+    """What one `schedule()` call computes once and every group shares: the nodes that pass the
+    static filters (ready, constraints, platform) per distinct set of them, and node attributes
+    for spread. Static filters cannot change during a pass (no node is written), so this is exact."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self._ws = ws
+        self._ids = ws.ids()
+        self._static: dict[tuple[object, ...], list[str]] = {}
+        self._attrs: dict[tuple[str, str], str | None] = {}
+
+    def static_ok(self, req: Requirements) -> list[str]:
+        key = (req.constraints, req.constraints_valid, req.platforms)
+        ids = self._static.get(key)
+        if ids is None:
+            ws = self._ws
+            ids = self._static[key] = [nid for nid in self._ids if check_static(req, ws.get(nid)) is None]
+        return ids
+
+    def attribute(self, node_id: str, key: str) -> str | None:
+        k = (node_id, key)
+        try:
+            return self._attrs[k]
+        except KeyError:
+            value = self._attrs[k] = node_attribute(self._ws.get(node_id).node, key)
+            return value
+
+
+def _tree(ws: Workspace, req: Requirements, node_ids: list[str], cache: _PassCache,
+          depth: int = 0) -> _Leaf | _Branch:
     if depth >= len(req.spread_descriptors):
         return _Leaf(ws, req, node_ids)
     key = req.spread_descriptors[depth]
     groups: dict[str | None, list[str]] = {}
+    attribute = cache.attribute
     for nid in node_ids:
-        groups.setdefault(node_attribute(ws.get(nid).node, key), []).append(nid)
-    return _Branch({value: _tree(ws, req, ids, depth + 1) for value, ids in groups.items()})
+        groups.setdefault(attribute(nid, key), []).append(nid)
+    return _Branch({value: _tree(ws, req, ids, cache, depth + 1) for value, ids in groups.items()})
 
 
-def _place_group(ws: Workspace, node_ids: list[str], tasks: list[Task], out: Decisions) -> None:
-    """Place the tasks of one group (same service and spec) over all nodes."""
+def _place_group(ws: Workspace, node_ids: list[str], tasks: list[Task], out: Decisions,
+                 cache: _PassCache) -> None:
+    """Place the tasks of one group (same service and spec) over all nodes.
+
+    Only nodes that pass the (cached) static filters are checked, and only dynamically; why the
+    others were refused is worked out only if the group cannot be placed (the explanation)."""
     req = Requirements.of(tasks[0])
     failures: dict[str, str] = {}
-    feasible: list[str] = []
-    for nid in node_ids:
-        reason = check_all(req, ws.get(nid))
-        if reason is None:
-            feasible.append(nid)
-        else:
-            failures[nid] = reason
-    root = _tree(ws, req, feasible)
+    feasible = [nid for nid in cache.static_ok(req) if check_dynamic(req, ws.get(nid)) is None]
+    root = _tree(ws, req, feasible, cache)
     for index, task in enumerate(tasks):
         node_id = root.place(task.id, failures)
         if node_id is None:
-            # Nothing has room left: the rest of the group shares the same explanation.
-            message = explain(Counter(failures.values()))
+            # Nothing has room left: the rest of the group shares the same explanation, which is
+            # the pipeline's first refusal on every node, as things stand now.
+            reasons = (check_all(req, ws.get(nid)) for nid in node_ids)
+            message = explain(Counter(r for r in reasons if r is not None))
             for rest in tasks[index:]:
                 out.unplaceable[rest.id] = message
             return
@@ -156,6 +186,7 @@ def schedule(tasks: Sequence[Task], node_infos: Mapping[str, NodeInfo]) -> Decis
         else:
             groups.setdefault(group_key(task), []).append(task)
     node_ids = ws.ids()
+    cache = _PassCache(ws)
     for key in sorted(groups):
-        _place_group(ws, node_ids, groups[key], out)
+        _place_group(ws, node_ids, groups[key], out, cache)
     return out
