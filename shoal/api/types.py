@@ -344,6 +344,9 @@ class Node(Meta, frozen=True):
     description: NodeDescription = NodeDescription()
     status: NodeStatus = NodeStatus()
     manager_status: ManagerStatus | None = None
+    # The node's own addresses on overlay networks (swarmkit's Node.Attachments): its address on
+    # the ingress network, for the routing mesh. Written by the manager's allocator.
+    attachments: list[NetworkAttachment] | None = None
 
 
 # ------------------------------------------------------------------------------------------- cluster

@@ -7,13 +7,19 @@ Started and stopped by manager/manager.py; the daemon hands each agent connectio
   1. Register: the node must already exist (bootstrap or join made it); the dispatcher sets its
      Status ready, Addr and Description, and answers Registered with the cluster's heartbeat
      period, then Assignments(full=True).
-  2. Store changes to the node's tasks become incremental Assignments, batched per ~50 ms.
-  3. StatusBatch: each update is applied in one transaction per batch, only if its state ranks at
+  2. Store changes to the node's tasks become incremental Assignments, batched per `batch_s`.
+     One dispatcher-wide watch routes each Task change by its NodeID to that node's session.
+  3. Network views (manager/dispatcher/netstate.py): a session starts from the empty view
+     NetworkState(node_addr=...) (the agent assumes it at Registered); after the full Assignments,
+     and after each debounced burst of Task/Service/Network/Node changes that may matter, the
+     node's view is recomputed and sent if it differs from the last one sent. A network new to
+     the node is sent before the Assignments of the task that uses it.
+  4. StatusBatch: each update is applied in one transaction per batch, only if its state ranks at
      least the stored one (states only move forward) and only to this node's tasks; DesiredState
      and Spec are never touched (the manager owns them).
-  4. Logs (manager/dispatcher/logs.py): `task_logs` sends LogsRequest on the node's session; the
+  5. Logs (manager/dispatcher/logs.py): `task_logs` sends LogsRequest on the node's session; the
      read loop routes LogsChunk frames to the request without waiting on its reader.
-  5. A node silent for 3 heartbeat periods is marked down ("heartbeat failure") and its session
+  6. A node silent for 3 heartbeat periods is marked down ("heartbeat failure") and its session
      closed; a session that ends otherwise also marks its node down, unless a newer session of the
      same node has replaced it.
 After start, nodes the store says are ready get 6 periods to register before they are marked down,
@@ -38,6 +44,7 @@ from shoal.api.errors import NotFound, Unavailable
 from shoal.api.protocol import (
     Heartbeat,
     LogsChunk,
+    NetworkState,
     Register,
     Registered,
     SessionError,
@@ -45,9 +52,10 @@ from shoal.api.protocol import (
     TaskStatusUpdate,
 )
 from shoal.api.services import LogLine
-from shoal.api.types import Cluster, Node, NodeStatus, Task
+from shoal.api.types import Cluster, Network, Node, NodeStatus, Service, Task
 from shoal.manager.dispatcher.assignments import AssignmentSet
 from shoal.manager.dispatcher.logs import MAX_BUFFERED_BYTES, LogRouter
+from shoal.manager.dispatcher.netstate import NetworkIndex, network_state_for
 from shoal.store.protocol import Change, ReadTx, Store, Watch, WriteTx
 
 log = logging.getLogger(__name__)
@@ -70,6 +78,9 @@ class Session:
     expired: bool = False
     backlog: list[Change] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    since: int | None = None  # the full set's revision: later Task changes go to `backlog`
+    net_sent: NetworkState | None = None  # the last network view queued for the agent
+    net_pending: NetworkState | None = None  # queued, not yet written
 
 
 def heartbeat_period_ns(tx: ReadTx) -> int:
@@ -84,9 +95,14 @@ class Dispatcher:
     """Component (start/stop) serving agent sessions. `check_heartbeats()` is one monitor pass."""
 
     def __init__(self, store: Store, clock: Clock, *, batch_s: float = 0.005,
-                 register_timeout_s: float = 30.0, logs_buffer_bytes: int = MAX_BUFFERED_BYTES) -> None:
+                 register_timeout_s: float = 30.0, logs_buffer_bytes: int = MAX_BUFFERED_BYTES,
+                 netstate_debounce_s: float = 0.03) -> None:
         self._store, self._clock = store, clock
         self._batch_s, self._register_timeout_s = batch_s, register_timeout_s
+        self._netstate_debounce_s = netstate_debounce_s
+        self._watch: Watch | None = None
+        self._runners: list[asyncio.Task[None]] = []
+        self._net_wake = asyncio.Event()
         self._logs_buffer_bytes = logs_buffer_bytes
         self._sessions: dict[str, Session] = {}
         self._unregistered: dict[str, float] = {}  # node id -> monotonic deadline to register by
@@ -99,8 +115,24 @@ class Dispatcher:
         self._unregistered = {n.id: deadline for n in view.list(Node)
                               if n.status.state == "ready" and n.id not in self._sessions}
         self._monitor = asyncio.create_task(self._monitor_loop(period_s), name="dispatcher-heartbeats")
+        self._start_router()
+
+    def _start_router(self) -> None:
+        if self._watch is None:
+            self._watch = self._store.watch(kinds=(Task, Service, Network, Node))
+            self._runners = [asyncio.create_task(self._route(self._watch), name="dispatcher-router"),
+                             asyncio.create_task(self._network_loop(), name="dispatcher-netstate")]
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        for runner in self._runners:
+            runner.cancel()
+        for runner in self._runners:
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        self._runners = []
         if self._monitor is not None:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -192,23 +224,22 @@ class Dispatcher:
         return session
 
     async def _run(self, session: Session, reader: asyncio.StreamReader) -> None:
-        def node_tasks(tx: ReadTx) -> list[Task]:
-            tasks: list[Task] = list(tx.tasks_of_node(session.node_id))
-            return tasks
-
-        tasks, watch = self._store.view_and_watch(node_tasks, kinds=(Task,))
-        runners = [asyncio.create_task(self._collect(session, watch)),
-                   asyncio.create_task(self._stream(session))]
+        self._start_router()  # for callers that never called start()
+        # No await from the snapshot to `since`: the router delivers every later change.
+        view = self._store.view()
+        tasks = list(view.tasks_of_node(session.node_id))
+        session.since = view.revision
+        node = view.get(Node, session.node_id)
+        session.net_sent = NetworkState(node_addr=node.status.addr if node is not None else "")
+        self._queue_network_state(session, network_state_for(session.node_id, view))
+        streamer = asyncio.create_task(self._stream(session))
         try:
             await protocol.write_message(session.writer, session.assignments.full(tasks))
             await self._read_loop(session, reader)
         finally:
-            watch.close()
-            for runner in runners:
-                runner.cancel()
-            for runner in runners:
-                with contextlib.suppress(asyncio.CancelledError, *_SESSION_ERRORS):
-                    await runner
+            streamer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *_SESSION_ERRORS):
+                await streamer
 
     async def _end(self, session: Session) -> None:
         session.logs.close(f"node {session.node_id}: session ended before the logs were complete")
@@ -219,13 +250,23 @@ class Dispatcher:
             await self._mark_down(session.node_id, SESSION_ENDED)
 
     # ------------------------------------------------------------------------------ assignments
-    async def _collect(self, session: Session, watch: Watch) -> None:
-        """Queue the node's task changes; `_stream` sends them in batches."""
+    async def _route(self, watch: Watch) -> None:
+        """Queue each Task change on its node's session (`_stream` sends them in batches); wake
+        the network views' refresh when a change may alter them."""
         async for changes in watch:
-            session.backlog.extend(c for c in changes if isinstance(c.obj, Task)
-                                   and (c.obj.node_id == session.node_id))
-            if session.backlog:
-                session.wake.set()
+            network_changed = False
+            for change in changes:
+                obj = change.obj
+                if not isinstance(obj, Task):
+                    network_changed = True  # a Service, Network or Node
+                    continue
+                network_changed = network_changed or bool(obj.networks_attachments)
+                session = self._sessions.get(obj.node_id)
+                if session is not None and session.since is not None and change.revision > session.since:
+                    session.backlog.append(change)
+                    session.wake.set()
+            if network_changed:
+                self._net_wake.set()
 
     async def _stream(self, session: Session) -> None:
         while True:
@@ -234,8 +275,44 @@ class Dispatcher:
             session.wake.clear()
             changes, session.backlog = session.backlog, []
             message = session.assignments.diff(changes)
+            if message is not None and self._new_networks(session, message.tasks):
+                self._queue_network_state(session, network_state_for(session.node_id, self._store.view()))
+            state, session.net_pending = session.net_pending, None
+            if state is not None:
+                await protocol.write_message(session.writer, state)
             if message is not None:
                 await protocol.write_message(session.writer, message)
+
+    # ----------------------------------------------------------------------------- network views
+    @staticmethod
+    def _new_networks(session: Session, tasks: list[Task]) -> bool:
+        """Whether a task is attached to a network the agent was not told about yet."""
+        known = {n.network_id for n in session.net_sent.networks} if session.net_sent else set()
+        return any(att.network.id not in known for t in tasks for att in t.networks_attachments or ())
+
+    @staticmethod
+    def _queue_network_state(session: Session, state: NetworkState) -> None:
+        if state != session.net_sent:
+            session.net_sent = session.net_pending = state
+            session.wake.set()
+
+    async def _network_loop(self) -> None:
+        while True:
+            await self._net_wake.wait()
+            await self._clock.sleep(self._netstate_debounce_s)  # one refresh per burst of changes
+            self._net_wake.clear()
+            try:
+                self.refresh_network_states()
+            except Exception:
+                log.exception("network state refresh failed")
+
+    def refresh_network_states(self) -> None:
+        """Recompute every session's network view from one snapshot; queue those that changed."""
+        sessions = [s for s in self._sessions.values() if s.net_sent is not None]
+        if sessions:
+            index = NetworkIndex(self._store.view())
+            for session in sessions:
+                self._queue_network_state(session, index.state_for(session.node_id))
 
     # ------------------------------------------------------------------------------- agent input
     async def _read_loop(self, session: Session, reader: asyncio.StreamReader) -> None:

@@ -24,7 +24,7 @@ from shoal.api.ipam import (
     vips_on,
     with_prefix,
 )
-from shoal.api.types import Network, NetworkAttachment, Service, Task
+from shoal.api.types import Network, NetworkAttachment, Node, Service, Task
 from shoal.store.protocol import ReadTx
 
 
@@ -32,17 +32,43 @@ class AllocationError(Exception):
     """A task cannot get its addresses now; the message goes to its Status.Err."""
 
 
+NODE_OWNER = "node:"  # owners of nodes' own addresses (netalloc/nodes.py) are "node:<id>"
+
+
 class TaskAddresses:
-    """Per network: address -> the ID of the task holding it."""
+    """Per network: address -> its holder, a task ID or "node:<node ID>" (a node's own address)."""
 
     def __init__(self) -> None:
         self._held: dict[str, dict[IPv4Addr, str]] = {}
 
-    def load(self, tasks: Iterable[Task]) -> None:
+    def load(self, tasks: Iterable[Task], nodes: Iterable[Node] = ()) -> None:
         self._held = {}
         for task in tasks:
             if holds_addresses(task):
                 self.add(task)
+        for node in nodes:
+            self.add_node(node)
+
+    def add_node(self, node: Node) -> None:
+        for att in node.attachments or ():
+            for addr in map(address_of, att.addresses or ()):
+                if addr is not None:
+                    self._held.setdefault(att.network.id, {})[addr] = NODE_OWNER + node.id
+
+    def release_node(self, node: Node) -> bool:
+        """Free the node's own addresses; whether anything was freed."""
+        owner, freed = NODE_OWNER + node.id, False
+        for held in self._held.values():
+            for addr in [a for a, o in held.items() if o == owner]:
+                del held[addr]
+                freed = True
+        return freed
+
+    def owner(self, network_id: str, addr: IPv4Addr) -> str | None:
+        return self._held.get(network_id, {}).get(addr)
+
+    def forget_network(self, network_id: str) -> None:
+        self._held.pop(network_id, None)
 
     def add(self, task: Task) -> None:
         for att in task.networks_attachments or ():
