@@ -2,11 +2,13 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := crun runc busybox-static tini iproute2 nftables iptables curl
+APT_PACKAGES := crun runc busybox-static tini iproute2 nftables iptables curl nginx-light wrk
 IMAGES := build/images/busybox.tar
+# Not in build/images (every lab loads all of those): only bench/bench_mesh.py loads it.
+NGINX_IMAGE := build/bench/nginx.tar
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup apt venv images test lint unit integration compat demo demo-down bench clean
+.PHONY: setup apt venv images nginx-image test lint unit integration compat demo demo-down bench clean
 
 setup: apt venv images
 
@@ -29,6 +31,11 @@ $(IMAGES): tools/build_busybox_image.py | venv
 
 images: $(IMAGES)
 
+$(NGINX_IMAGE): tools/build_nginx_image.py tools/build_busybox_image.py | venv
+	$(PY) tools/build_nginx_image.py $@
+
+nginx-image: $(NGINX_IMAGE)
+
 lint: venv
 	$(VENV)/bin/ruff check shoal tests bench tools
 	$(VENV)/bin/mypy
@@ -46,7 +53,7 @@ demo: setup
 demo-down: venv
 	$(PY) tools/demo.py down
 
-bench: setup
+bench: setup nginx-image
 	$(PY) -m bench.run_all
 
 clean:

@@ -87,3 +87,73 @@ def update_node(lab: Lab, hostname: str, **spec_changes: Any) -> None:
     resp = lab.api("node1", "POST", f"{V}/nodes/{node['ID']}/update",
                    params={"version": node["Version"]["Index"]}, json=spec)
     assert resp.status_code == 200, resp.text
+
+
+# -------------------------------------------------------------------------------- overlay networks
+def create_network(lab: Lab, name: str, subnet: str = "", **extra: Any) -> str:
+    """POST /networks/create (overlay, swarm scope) through node1; returns the network's ID."""
+    body: dict[str, Any] = {"Name": name, "Driver": "overlay", "Labels": {}, **extra}
+    if subnet:
+        body["IPAM"] = {"Driver": "default", "Config": [{"Subnet": subnet}]}
+    resp = lab.api("node1", "POST", f"{V}/networks/create", json=body)
+    assert resp.status_code == 201, resp.text
+    return str(resp.json()["Id"])
+
+
+def create_spec(lab: Lab, spec: dict[str, Any]) -> str:
+    """POST /services/create with a whole ServiceSpec; returns the service's ID."""
+    resp = lab.api("node1", "POST", f"{V}/services/create", json=spec)
+    assert resp.status_code == 201, resp.text
+    return str(resp.json()["ID"])
+
+
+def service_spec(name: str, args: list[str], *, replicas: int = 1, image: str = "busybox:latest",
+                 networks: list[str] | None = None, publish: dict[int, int] | None = None,
+                 endpoint_mode: str = "vip", placement: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A replicated service with `--init`, on `networks` (IDs or names), publishing
+    {published: target} TCP ports in ingress mode."""
+    template: dict[str, Any] = {
+        "ContainerSpec": {"Image": image, "Args": args, "Init": True},
+        "RestartPolicy": {"Condition": "any", "Delay": 200_000_000},
+        "Networks": [{"Target": n} for n in networks or ()],
+    }
+    if placement:
+        template["Placement"] = placement
+    ports = [{"Protocol": "tcp", "TargetPort": target, "PublishedPort": published, "PublishMode": "ingress"}
+             for published, target in (publish or {}).items()]
+    return {"Name": name, "TaskTemplate": template, "Mode": {"Replicated": {"Replicas": replicas}},
+            "EndpointSpec": {"Mode": endpoint_mode, "Ports": ports}}
+
+
+def scale(lab: Lab, service: str, replicas: int) -> None:
+    svc = lab.api("node1", "GET", f"{V}/services/{service}").json()
+    spec = {**svc["Spec"], "Mode": {"Replicated": {"Replicas": replicas}}}
+    resp = lab.api("node1", "POST", f"{V}/services/{svc['ID']}/update",
+                   params={"version": svc["Version"]["Index"]}, json=spec)
+    assert resp.status_code == 200, resp.text
+
+
+def running_tasks(lab: Lab, service: str) -> list[dict[str, Any]]:
+    """Tasks of `service` that run and should (with a PID)."""
+    return [t for t in tasks(lab, service) if t["Status"]["State"] == "running"
+            and t["DesiredState"] == "running" and (t["Status"].get("ContainerStatus") or {}).get("PID")]
+
+
+def task_pid(task: dict[str, Any]) -> int:
+    return int(task["Status"]["ContainerStatus"]["PID"])
+
+
+def task_address(task: dict[str, Any], network_id: str) -> str:
+    """The task's address on network `network_id`, without the prefix length ("" if none)."""
+    for att in task.get("NetworksAttachments") or ():
+        if att["Network"]["ID"] == network_id and att.get("Addresses"):
+            return str(att["Addresses"][0]).split("/")[0]
+    return ""
+
+
+def service_vip(lab: Lab, service: str, network_id: str) -> str:
+    svc = lab.api("node1", "GET", f"{V}/services/{service}").json()
+    for vip in (svc.get("Endpoint") or {}).get("VirtualIPs") or ():
+        if vip["NetworkID"] == network_id:
+            return str(vip["Addr"]).split("/")[0]
+    return ""

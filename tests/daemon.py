@@ -262,6 +262,10 @@ def cleanup_host(tag: str, data_root: Path) -> None:
         with contextlib.suppress(OSError):
             cgroup.rmdir()
     _run("ip", "link", "delete", f"shb-{tag}")
+    for line in _run("ip", "-o", "link", "show").splitlines():  # overlay bridges and vxlans
+        name = line.split(":")[1].strip().split("@")[0] if line.count(":") > 1 else ""
+        if name.startswith((f"o{tag[:6]}", f"x{tag[:6]}")):
+            _run("ip", "link", "delete", name)
 
 
 def mounts_under(data_root: Path) -> list[str]:

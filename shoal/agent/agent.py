@@ -8,6 +8,9 @@ task in the first StatusBatch (so a manager converges after an agent or manager 
 Assignments in and Heartbeats plus StatusBatches (changes batched for <= 100 ms) out. A dropped
 session does not touch the tasks: their runners keep going and their statuses wait for the next.
 LogsRequest / LogsCancel are served by agent/logserve.py from the `logs` LogSource, if given.
+NetworkState goes to `on_network_state` (agent/network/host.py `HostNetwork.submit`), if given;
+at Registered it gets the empty view, which the manager assumes and does not send.
+A frame that does not decode (e.g. a message type of a newer manager) is logged and skipped.
 
 Tasks: one `TaskRunner` (agent/runner.py) per assigned task, each stepped by its own asyncio task
 (`runner.drive`), woken by assignment changes or by its container's exit. A task leaves the agent
@@ -43,6 +46,7 @@ import msgspec
 
 from shoal.agent.exec.protocol import Executor
 from shoal.agent.logserve import LogServer, locked_sender
+from shoal.agent.race import race as _race
 from shoal.agent.runner import TaskRunner, drive, first_of
 from shoal.agent.taskdb import TaskDB
 from shoal.api import protocol as proto
@@ -64,6 +68,7 @@ SETTLE_TIMEOUT_S = 60.0  # a task being removed: longest wait for its shutdown a
 FORGOTTEN_KEPT = 10_000  # forgotten task ids remembered, so a late assignment cannot restart one
 
 Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+NetworkStateSink = Callable[[proto.NetworkState], None]
 
 
 class SessionRejected(Exception):
@@ -81,8 +86,10 @@ class Agent:
     """A node's tasks and its session with a manager. See the module docstring."""
 
     def __init__(self, executor: Executor, *, node_id: str, state_dir: Path,
-                 description: NodeDescription, clock: Clock, logs: LogSource | None = None) -> None:
+                 description: NodeDescription, clock: Clock, logs: LogSource | None = None,
+                 on_network_state: NetworkStateSink | None = None) -> None:
         self.node_id = node_id
+        self._on_network_state = on_network_state
         self._executor = executor
         self._clock = clock
         self._logs = logs  # task logs served to the manager; None: requests get an error
@@ -182,6 +189,8 @@ class Agent:
             if self._stopping.is_set():
                 return
             period_s = await self._register(reader, writer)
+            if self._on_network_state is not None:  # the manager's starting view: empty
+                self._on_network_state(proto.NetworkState(node_addr=""))
             self._report_all()
             lock = asyncio.Lock()  # heartbeats, status batches and log chunks share the stream
             async with LogServer(self._logs, locked_sender(writer, lock)) as logs:
@@ -216,8 +225,14 @@ class Agent:
             except asyncio.IncompleteReadError:
                 log.info("the manager closed the session")
                 return
+            except msgspec.DecodeError as e:  # the frame was read whole: the stream is intact
+                log.warning("undecodable frame from the manager, ignored: %s", e)
+                continue
             if isinstance(message, proto.Assignments):
                 self._apply(message)
+            elif isinstance(message, proto.NetworkState):
+                if self._on_network_state is not None:
+                    self._on_network_state(message)
             elif isinstance(message, proto.LogsRequest | proto.LogsCancel):
                 logs.handle(message)
             elif isinstance(message, proto.SessionError):
@@ -396,17 +411,3 @@ class Agent:
         task.add_done_callback(self._background.discard)
         return task
 
-
-async def _race(*coros: Coroutine[Any, Any, object]) -> None:
-    """Run `coros` until the first ends; cancel the others; re-raise the first one's error."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for t in done:
-        error = None if t.cancelled() else t.exception()
-        if error is not None:
-            raise error

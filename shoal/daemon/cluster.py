@@ -25,6 +25,7 @@ import msgspec
 from shoal.agent.exec.crun import CrunExecutor
 from shoal.agent.identity import JoinError, NodeIdentity
 from shoal.agent.identity import join as join_cluster
+from shoal.agent.network.host import HostNetwork
 from shoal.api.clock import Clock
 from shoal.api.defaults import initial_swarm_spec
 from shoal.api.errors import ALREADY_IN_SWARM, LEAVE_LAST_MANAGER, InvalidArgument, Unavailable
@@ -63,8 +64,10 @@ def merge_spec(base: SwarmSpec, overrides: dict[str, Any]) -> SwarmSpec:
 class ClusterControl:
     def __init__(self, *, store: Store, executor: CrunExecutor, clock: Clock, state_dir: Path,
                  description: Callable[[], NodeDescription], listen_addr: str = "0.0.0.0:2377",
-                 advertise_addr: str = "", logs: LogSource | None = None) -> None:
+                 advertise_addr: str = "", logs: LogSource | None = None,
+                 network: HostNetwork | None = None) -> None:
         self._store = store
+        self._network = network
         self._executor = executor
         self._clock = clock
         self._state_dir = state_dir
@@ -77,7 +80,7 @@ class ClusterControl:
         self._membership = mb.load(self._node_file)
         self._logs = logs
         self._manager = ManagerRuntime(store=store, executor=executor, clock=clock, state_dir=state_dir,
-                                       description=description, logs=logs)
+                                       description=description, logs=logs, network=network)
         self._worker: WorkerRuntime | None = None
 
     # ------------------------------------------------------------------------------ membership
@@ -125,14 +128,21 @@ class ClusterControl:
         listen = m.listen or f"{mb.advertised('', self._listen_addr, self._advertise_addr)}:" \
             f"{mb.cluster_port(self._listen_addr)}"
         host, port = mb.split_host_port(listen)
+        self._set_fallback_addr(m.addr or host)
         cluster_id = m.cluster_id or next(iter(self._store.view().list(Cluster))).id
         await self._manager.start(node_id=m.node_id, cluster_id=cluster_id, root=root, host=host,
                                   port=mb.CLUSTER_PORT if port is None else port)
 
+    def _set_fallback_addr(self, addr: str) -> None:
+        """The underlay address overlays use until the manager's first NetworkState says."""
+        if self._network is not None and addr:
+            self._network.fallback_addr = addr
+
     async def _start_worker(self, managers: list[str]) -> None:
+        self._set_fallback_addr(self._membership.addr if self._membership else "")
         self._worker = WorkerRuntime(executor=self._executor, clock=self._clock, state_dir=self._state_dir,
                                      identity_dir=self._certs, description=self._description,
-                                     managers=managers, logs=self._logs)
+                                     managers=managers, logs=self._logs, network=self._network)
         await self._worker.start()
 
     # ---------------------------------------------------------------------------------- init

@@ -1,8 +1,9 @@
 """`shoald` (and `shoal daemon`): wires the store, image store, executor, logs, cluster control and
 the Docker API together, serves until SIGTERM/SIGINT, then shuts down cleanly.
 
-Only this package imports every layer. Shutdown stops the API, the agent, the manager, the log
-collector and the store, but leaves containers running (like dockerd with live-restore): the next
+Only this package imports every layer. Shutdown stops the API, the agent, the manager, the host's
+network (embedded DNS; the overlay devices stay for the containers), the log collector and the
+store, but leaves containers running (like dockerd with live-restore): the next
 start on the same data root adopts them, so a daemon upgrade or crash never restarts workloads.
 """
 
@@ -10,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ipaddress
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +23,10 @@ from pathlib import Path
 from shoal.agent.exec.crun import CrunExecutor
 from shoal.agent.images.store import ImageStore
 from shoal.agent.logs import FileLogSource, LogCollector
+from shoal.agent.network import overlay
+from shoal.agent.network.dns import DnsServer, host_upstreams, parse_upstream
+from shoal.agent.network.dnsrecords import DnsRecords
+from shoal.agent.network.host import HostNetwork
 from shoal.api.clock import SystemClock
 from shoal.api.services import LogLine, LogSource
 from shoal.api.types import EngineDescription, NodeDescription, NodeResources, Platform
@@ -77,6 +85,29 @@ class RoutedLogSource:
         return source.read(task_id, tail=tail, since=since, follow=follow)
 
 
+def usable_upstreams(upstreams: list[str]) -> list[str]:
+    """The host's resolvers the embedded DNS can reach from shoald's network namespace: those it
+    has a route to, and loopback ones only in the machine's own namespace (a lab host's netns
+    shares the machine's /etc/resolv.conf but not its loopback). Unknown names get NXDOMAIN
+    when none is left, rather than SERVFAIL from an unreachable forwarder."""
+    try:
+        own_netns = os.stat("/proc/self/ns/net").st_ino == os.stat("/proc/1/ns/net").st_ino
+    except OSError:
+        own_netns = True
+    kept = []
+    for upstream in upstreams:
+        host, port = parse_upstream(upstream)
+        if ipaddress.ip_address(host).is_loopback and not own_netns:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.connect((host, port))  # UDP: only a route lookup, nothing is sent
+            except OSError:
+                continue
+        kept.append(upstream)
+    return kept
+
+
 async def _wait_for_signal() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -93,15 +124,18 @@ async def run(config: cfg.Config) -> None:
     images = ImageStore(config.data_root / "images")
     await preload_images(images, config.load_images)
     capacity = NodeResources(nano_cpus=config.nano_cpus, memory_bytes=config.memory_bytes)
+    # One embedded resolver per host; lab hosts have no resolv.conf nameservers: NXDOMAIN then.
+    network = HostNetwork(DnsServer(DnsRecords(), upstreams=usable_upstreams(host_upstreams())))
     executor = CrunExecutor(data_root=config.data_root, images=images, bridge_cidr=config.bridge_cidr,
-                            capacity=capacity, runtime=config.runtime)
+                            capacity=capacity, runtime=config.runtime, network=network)
     await executor.setup()  # refuses a --bridge-cidr that overlaps a host route
+    overlay.set_name_tag(executor.paths.tag[:6])  # overlay devices never shared by two shoalds
     collector = LogCollector(config.data_root)
     local_logs = FileLogSource(config.data_root, collector)
     control = ClusterControl(store=store, executor=executor, clock=clock, state_dir=config.data_root,
                              description=lambda: node_description(config),
                              listen_addr=config.listen_addr, advertise_addr=config.advertise_addr,
-                             logs=local_logs)
+                             logs=local_logs, network=network)
     context = ApiContext(store=store, images=images, logs=RoutedLogSource(control, local_logs),
                          swarm=control, clock=clock, engine=engine_info(config))
     api = ApiServer(make_app(context), config.hosts)
@@ -114,6 +148,7 @@ async def run(config: cfg.Config) -> None:
     finally:
         await api.stop()
         await control.stop()
+        await network.close()
         await collector.stop()
         await store.close()
         log.info("shoald stopped")

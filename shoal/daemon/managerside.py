@@ -18,6 +18,7 @@ from pathlib import Path
 
 from shoal.agent.agent import Agent
 from shoal.agent.exec.crun import CrunExecutor
+from shoal.agent.network.host import HostNetwork
 from shoal.api.clock import Clock
 from shoal.api.services import LogSource
 from shoal.api.types import NodeDescription
@@ -33,7 +34,9 @@ Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 class ManagerRuntime:
     def __init__(self, *, store: Store, executor: CrunExecutor, clock: Clock, state_dir: Path,
-                 description: Callable[[], NodeDescription], logs: LogSource | None = None) -> None:
+                 description: Callable[[], NodeDescription], logs: LogSource | None = None,
+                 network: HostNetwork | None = None) -> None:
+        self._network = network
         self._store = store
         self._logs = logs
         self._executor = executor
@@ -70,7 +73,8 @@ class ManagerRuntime:
             await self.stop(shutdown_tasks=False)
             raise
         self._agent = Agent(self._executor, node_id=node_id, state_dir=self._state_dir / "agent",
-                            description=self._description(), clock=self._clock, logs=self._logs)
+                            description=self._description(), clock=self._clock, logs=self._logs,
+                            on_network_state=self._network.submit if self._network else None)
         self._agent_task = asyncio.create_task(self._agent.run(self._connect), name="manager-agent")
         log.info("manager %s: cluster port listening on %s:%d", node_id, host, self._port.port)
 

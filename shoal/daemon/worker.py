@@ -18,6 +18,7 @@ from pathlib import Path
 from shoal.agent.agent import Agent
 from shoal.agent.exec.crun import CrunExecutor
 from shoal.agent.identity import CertificateRenewer, JoinError, NodeIdentity, open_session
+from shoal.agent.network.host import HostNetwork
 from shoal.api.clock import Clock
 from shoal.api.services import LogSource
 from shoal.api.types import NodeDescription
@@ -30,7 +31,9 @@ Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 class WorkerRuntime:
     def __init__(self, *, executor: CrunExecutor, clock: Clock, state_dir: Path, identity_dir: Path,
                  description: Callable[[], NodeDescription], managers: list[str],
-                 logs: LogSource | None = None) -> None:
+                 logs: LogSource | None = None,
+                 network: HostNetwork | None = None) -> None:
+        self._network = network
         self._executor = executor
         self._logs = logs
         self._clock = clock
@@ -55,7 +58,8 @@ class WorkerRuntime:
     async def start(self) -> None:
         identity = self._identity()
         self._agent = Agent(self._executor, node_id=identity.node_id, state_dir=self._state_dir / "agent",
-                            description=self._description(), clock=self._clock, logs=self._logs)
+                            description=self._description(), clock=self._clock, logs=self._logs,
+                            on_network_state=self._network.submit if self._network else None)
         self._agent_task = asyncio.create_task(self._agent.run(self._connect), name="worker-agent")
         self._renewer = CertificateRenewer(self._identity_dir, self.manager_addr, self._clock)
         await self._renewer.start()

@@ -17,12 +17,14 @@ import msgspec
 from shoal.agent.exec import spec as oci
 from shoal.agent.exec.protocol import ExecError
 from shoal.agent.images.model import ResolvedImage
+from shoal.agent.netstate import LocalAttachment
+from shoal.agent.network.dns import resolv_conf
 from shoal.api.types import ContainerSpec, Task
 
 MNT_DETACH = 2
 TINI = Path("/usr/bin/tini-static")
 # Files of a bundle that `remove` deletes; logs (stdout.raw, stderr.raw, log.jsonl*) stay.
-BUNDLE_FILES = ("config.json", "hosts", "hostname", "resolv.conf", "pid", "crun.log")
+BUNDLE_FILES = ("config.json", "hosts", "hostname", "resolv.conf", "pid", "crun.log", "networks.json")
 BUNDLE_DIRS = ("rootfs", "upper", "work")
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -67,9 +69,11 @@ def remove_bundle(cdir: Path) -> None:
         shutil.rmtree(cdir / name, ignore_errors=True)
 
 
-def _resolv_conf(cs: ContainerSpec) -> str:
+def _resolv_conf(cs: ContainerSpec, embedded_dns: bool = False) -> str:
     dns = cs.dns_config if isinstance(cs.dns_config, dict) else {}
     servers = dns.get("Nameservers") or []
+    if embedded_dns and not servers:  # a task on overlays: the embedded resolver (127.0.0.11)
+        return resolv_conf(dns.get("Search") or (), dns.get("Options") or ("ndots:0",))
     if servers:
         lines = [f"nameserver {s}" for s in servers]
         if dns.get("Search"):
@@ -88,14 +92,30 @@ def _resolv_conf(cs: ContainerSpec) -> str:
     return "\n".join(kept) + "\n"
 
 
-def write_etc_files(cdir: Path, cs: ContainerSpec, hostname: str, address: str) -> None:
+def write_etc_files(cdir: Path, cs: ContainerSpec, hostname: str, address: str, *,
+                    embedded_dns: bool = False) -> None:
     hosts = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
     if address:
         hosts.append(f"{address}\t{hostname}")
     hosts += [" ".join(h.split()) for h in cs.hosts or []]
     (cdir / "hosts").write_text("\n".join(hosts) + "\n")
     (cdir / "hostname").write_text(hostname + "\n")
-    (cdir / "resolv.conf").write_text(_resolv_conf(cs))
+    (cdir / "resolv.conf").write_text(_resolv_conf(cs, embedded_dns))
+
+
+def write_attachments(cdir: Path, attachments: list[LocalAttachment]) -> None:
+    """Record the task's overlay attachments, for `remove` and adoption after a restart."""
+    if attachments:
+        (cdir / "networks.json").write_bytes(msgspec.json.encode(attachments))
+    else:
+        (cdir / "networks.json").unlink(missing_ok=True)
+
+
+def read_attachments(cdir: Path) -> list[LocalAttachment]:
+    try:
+        return msgspec.json.decode((cdir / "networks.json").read_bytes(), type=list[LocalAttachment])
+    except (FileNotFoundError, msgspec.DecodeError):
+        return []
 
 
 def _mounts(cdir: Path, init: bool) -> list[dict[str, Any]]:

@@ -14,22 +14,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
 from pathlib import Path
 from typing import Protocol
 
+from shoal.agent import netstate
 from shoal.agent.exec import bundle, host
 from shoal.agent.exec.paths import HostPaths
 from shoal.agent.exec.protocol import ContainerInfo, ExecError
 from shoal.agent.exec.runtime import Runtime
 from shoal.agent.exec.spec import container_hostname, parse_signal
 from shoal.agent.images.model import ResolvedImage
-from shoal.agent.network import bridge
+from shoal.agent.network import bridge, lb
+from shoal.agent.network.host import HostNetwork
 from shoal.agent.network.ipam import AddressPoolExhausted, Ipam
 from shoal.api.defaults import STOP_GRACE_PERIOD_NS
 from shoal.api.types import ContainerSpec, NodeResources, Task
+
+log = logging.getLogger("shoal.agent.exec")
 
 KILL_TIMEOUT_S = 30.0  # after SIGKILL; longer means a process stuck in the kernel
 
@@ -42,7 +47,8 @@ class ImageResolver(Protocol):
 
 class CrunExecutor:
     def __init__(self, *, data_root: Path, images: ImageResolver, bridge_cidr: str,
-                 capacity: NodeResources, runtime: str = "crun") -> None:
+                 capacity: NodeResources, runtime: str = "crun",
+                 network: HostNetwork | None = None) -> None:
         self.paths = HostPaths(data_root)
         binary = shutil.which(runtime) or shutil.which("runc")
         if binary is None:
@@ -52,6 +58,7 @@ class CrunExecutor:
         self._capacity = capacity
         self._ipam = Ipam(self.paths.network_dir / "ipam.json", bridge_cidr)
         self._watchers: dict[str, asyncio.Task[int | None]] = {}
+        self._network = network  # overlays, DNS, VIPs (None: the host bridge only)
 
     # ------------------------------------------------------------------------------- host
     async def setup(self) -> None:
@@ -95,8 +102,9 @@ class CrunExecutor:
         if not netns.exists() or not await bridge.link_exists(self.paths.veth(task.id)):
             await bridge.attach(self.paths.netns(task.id), self.paths.veth(task.id),
                                 self.paths.bridge, address, self._ipam.prefixlen)
+        overlays = await self._attach_overlays(task, cdir)
         hostname = container_hostname(cs, task.name, task.id)
-        bundle.write_etc_files(cdir, cs, hostname, address)
+        bundle.write_etc_files(cdir, cs, hostname, address, embedded_dns=bool(overlays))
         config = bundle.build_config(task, image, cdir, netns=netns,
                                      cgroups_path=self.paths.cgroup_path(task.id))
         bundle.write_config(cdir, config)
@@ -129,6 +137,10 @@ class CrunExecutor:
             return await self.wait(task.id)
         cs = task.spec.container_spec or ContainerSpec()
         watcher = self._watchers.get(task.id) or self._watch(task.id, info.pid)
+        if self._network is not None and netstate.attachments_of(task):
+            # Drain: the manager's NetworkState, which took this task out of every VIP table
+            # and DNS as soon as its desired state passed RUNNING, reaches every host first.
+            await asyncio.sleep(lb.DRAIN_DELAY)
         grace = STOP_GRACE_PERIOD_NS if cs.stop_grace_period is None else cs.stop_grace_period
         await self._rt.kill(task.id, parse_signal(cs.stop_signal))
         try:
@@ -154,6 +166,9 @@ class CrunExecutor:
                 raise ExecError(f"container {task_id} did not exit", temporary=True) from None
         cdir = self.paths.container_dir(task_id)
         await asyncio.to_thread(bundle.unmount, cdir / "rootfs")
+        if self._network is not None:
+            await self._network.detach_task(task_id, self.paths.netns(task_id),
+                                            bundle.read_attachments(cdir))
         await bridge.detach(self.paths.netns(task_id), self.paths.veth(task_id))
         self._ipam.release(task_id)
         try:
@@ -176,6 +191,8 @@ class CrunExecutor:
         if state is None:
             return None
         running = state.get("status") == "running"
+        if running:
+            await self._adopt_overlays(task_id)
         return ContainerInfo(task_id=task_id, container_id=task_id,
                              pid=int(state.get("pid") or 0) if running else 0, running=running,
                              address=self._ipam.lookup(task_id) or "")
@@ -187,6 +204,28 @@ class CrunExecutor:
             return []
         return sorted(d.name for d in dirs
                       if (d / "config.json").exists() or (d / "rootfs").exists())
+
+    # ------------------------------------------------------------------------------- overlays
+    async def _attach_overlays(self, task: Task, cdir: Path) -> list[netstate.LocalAttachment]:
+        """eth1, eth2, … on the task's overlay networks, DNS, VIPs; recorded in the bundle."""
+        if self._network is None:
+            return []
+        atts = await self._network.attach_task(task, self.paths.netns(task.id),
+                                               self.paths.netns_path(task.id))
+        bundle.write_attachments(cdir, atts)
+        return atts
+
+    async def _adopt_overlays(self, task_id: str) -> None:
+        """A running container this process did not prepare (shoald restarted): serve it again."""
+        network = self._network
+        if network is None or network.uses_networks(task_id):
+            return
+        atts = bundle.read_attachments(self.paths.container_dir(task_id))
+        try:
+            await network.adopt_task(task_id, self.paths.netns(task_id),
+                                     self.paths.netns_path(task_id), atts)
+        except (ExecError, OSError) as e:
+            log.warning("task %s: cannot serve its overlay networks again: %s", task_id, e)
 
     # ------------------------------------------------------------------------------- exits
     def _watch(self, task_id: str, pid: int) -> asyncio.Task[int | None]:

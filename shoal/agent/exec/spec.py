@@ -47,11 +47,12 @@ DEFAULT_MOUNTS: list[dict[str, Any]] = [
 
 def process_args(cs: ContainerSpec, image: ImageConfig) -> list[str]:
     """Docker's rule: Command replaces Entrypoint, Args replaces Cmd, and a Command without
-    Args drops the image's Cmd (it belonged to the image's Entrypoint)."""
-    entrypoint = cs.command if cs.command is not None else (image.entrypoint or [])
-    if cs.args is not None:
+    Args drops the image's Cmd (it belonged to the image's Entrypoint). As swarmkit, an empty list
+    counts as unset (`Args: []` runs the image's Cmd)."""
+    entrypoint = cs.command if cs.command else (image.entrypoint or [])
+    if cs.args:
         cmd = cs.args
-    elif cs.command is not None:
+    elif cs.command:
         cmd = []
     else:
         cmd = image.cmd or []

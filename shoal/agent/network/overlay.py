@@ -45,12 +45,27 @@ class NetworkInUse(ExecError):
     """`remove_network` refused: tasks still have veths on the network's bridge."""
 
 
+# Device names carry the daemon's tag when one is set (shoald sets its instance tag at start), so
+# that two shoalds sharing a network namespace (tests on one machine) never share a bridge. One
+# shoald per host needs no tag; the library's own tests run without one.
+_name_tag = ""
+
+
+def set_name_tag(tag: str) -> None:
+    """Tag this process's device names: up to 6 lowercase hex digits ("" = untagged)."""
+    global _name_tag
+    if len(tag) > 6 or any(c not in "0123456789abcdef" for c in tag):
+        raise ValueError(f"bad overlay name tag {tag!r}")
+    _name_tag = tag
+
+
 def bridge_name(vni: int) -> str:
-    return f"sov{_check_vni(vni)}"
+    """`sov<vni>`, or `o<tag><vni>` when tagged (at most 15 characters either way)."""
+    return f"o{_name_tag}{_check_vni(vni)}" if _name_tag else f"sov{_check_vni(vni)}"
 
 
 def vxlan_name(vni: int) -> str:
-    return f"svx{_check_vni(vni)}"
+    return f"x{_name_tag}{_check_vni(vni)}" if _name_tag else f"svx{_check_vni(vni)}"
 
 
 def veth_name(netns: str, ifname: str) -> str:
@@ -108,11 +123,13 @@ def _vxlan_matches(link: dict[str, object], vni: int, local_ip: str) -> bool:
 
 
 async def ensure_network(vni: int, subnet: str, gateway_ip: str | None, local_underlay_ip: str,
-                         mtu: int = DEFAULT_MTU, *, netns: str | None = None) -> None:
+                         mtu: int = DEFAULT_MTU, *, netns: str | None = None, vxlan: bool = True) -> None:
     """Bridge `sov<vni>` + vxlan `svx<vni>` (UDP 4789, local underlay address), up; idempotent.
 
     `gateway_ip` (in `subnet`, unique per host) gives the host an address on the network — only the
     ingress network needs one. A vxlan left with another id, local address or port is recreated.
+    `vxlan=False` makes only the bridge (a network with no peer host yet): a network namespace
+    can hold one vxlan device per VNI and port, so a host alone on a network does not claim one.
     """
     net = ipaddress.IPv4Network(subnet, strict=True)
     br, vx = bridge_name(vni), vxlan_name(vni)
@@ -122,16 +139,20 @@ async def ensure_network(vni: int, subnet: str, gateway_ip: str | None, local_un
     if link is not None and not _vxlan_matches(link, vni, local_underlay_ip):
         await ipn(netns, "link", "del", vx)
         link = None
-    if link is None:
+    if link is None and vxlan:
         await ipn(netns, "link", "add", vx, "type", "vxlan", "id", str(vni), "dstport",
                   str(VXLAN_PORT), "local", local_underlay_ip, "learning")
-    cmds = [f"link set {vx} mtu {mtu} master {br}", f"link set {br} mtu {mtu}"]
+        link = {"ifname": vx}
+    cmds = [f"link set {br} mtu {mtu}"]
+    if link is not None:
+        cmds.insert(0, f"link set {vx} mtu {mtu} master {br}")
     if gateway_ip is not None:
         if ipaddress.IPv4Address(gateway_ip) not in net:
             raise ValueError(f"gateway {gateway_ip} not in {subnet}")
         cmds += [f"link set {br} address {mac_for(gateway_ip)}",
                  f"addr replace {gateway_ip}/{net.prefixlen} dev {br}"]
-    cmds += [f"link set {vx} up", f"link set {br} up"]
+    cmds += [f"link set {vx} up"] if link is not None else []
+    cmds += [f"link set {br} up"]
     await ipn(netns, "-batch", "-", stdin="\n".join(cmds) + "\n")
 
 
