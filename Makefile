@@ -2,13 +2,15 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := crun runc busybox-static tini iproute2 nftables iptables curl nginx-light wrk
+APT_PACKAGES := crun runc busybox-static tini iproute2 nftables iptables curl
+# Only the benchmarks need these (a server copied into an image, and a load tool).
+BENCH_APT_PACKAGES := nginx-light wrk
 IMAGES := build/images/busybox.tar
 # Not in build/images (every lab loads all of those): only bench/bench_mesh.py loads it.
 NGINX_IMAGE := build/bench/nginx.tar
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup apt venv images nginx-image test lint unit integration compat demo demo-down bench clean
+.PHONY: setup apt bench-apt venv images nginx-image test lint unit integration compat demo demo-down bench clean
 
 setup: apt venv images
 
@@ -31,7 +33,15 @@ $(IMAGES): tools/build_busybox_image.py | venv
 
 images: $(IMAGES)
 
-$(NGINX_IMAGE): tools/build_nginx_image.py tools/build_busybox_image.py | venv
+# policy-rc.d keeps the package from starting an nginx on this machine: only its files are used.
+bench-apt:
+	@missing=""; for p in $(BENCH_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  rc=$$?; rm -f /usr/sbin/policy-rc.d; exit $$rc; fi
+
+$(NGINX_IMAGE): tools/build_nginx_image.py tools/build_busybox_image.py | venv bench-apt
 	$(PY) tools/build_nginx_image.py $@
 
 nginx-image: $(NGINX_IMAGE)
