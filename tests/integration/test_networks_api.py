@@ -167,3 +167,29 @@ def test_exhaustion_is_reported_on_the_task_and_addresses_are_freed(
         return len(ts) == 4 and all(t.get("NetworksAttachments") for t in ts)
     wait_for(all_attached, 60, "4 tasks of the second service with addresses")
     assert swarm.api("DELETE", f"{V}/services/{sid2}").status_code == 200
+
+
+def test_network_add_and_rm_on_update_replace_tasks_with_the_new_attachments(swarm: Daemon) -> None:
+    """`service update --network-add/--network-rm`: tasks are replaced one slot at a time and the
+    new ones carry (or no longer carry) an address on the network."""
+    net = create_network(swarm, "addme").json()["Id"]
+    sid = swarm.api("POST", f"{V}/services/create", json=service("netupd", replicas=2)).json()["ID"]
+
+    def running(with_net: bool) -> bool:
+        live = [t for t in tasks_of(swarm, sid)
+                if t["DesiredState"] == "running" and t["Status"]["State"] == "running"]
+        nets = [{a["Network"]["ID"] for a in t.get("NetworksAttachments") or []} for t in live]
+        return len(live) == 2 and all((net in n) == with_net for n in nets)
+
+    wait_for(lambda: running(False), 60, "2 tasks without the network")
+    first = {t["ID"] for t in tasks_of(swarm, sid)}
+    for add in (True, False):
+        svc = swarm.api("GET", f"{V}/services/{sid}").json()
+        spec = svc["Spec"]
+        spec["TaskTemplate"]["Networks"] = [{"Target": net}] if add else []
+        resp = swarm.api("POST", f"{V}/services/{sid}/update?version={svc['Version']['Index']}", json=spec)
+        assert resp.status_code == 200, resp.text
+        wait_for(lambda add=add: running(add), 90, f"tasks {'with' if add else 'without'} the network")
+    assert not first & {t["ID"] for t in tasks_of(swarm, sid) if t["DesiredState"] == "running"}
+    swarm.api("DELETE", f"{V}/services/{sid}")
+    wait_for(lambda: swarm.api("DELETE", f"{V}/networks/{net}").status_code == 204, 60, "the network freed")
