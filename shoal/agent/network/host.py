@@ -26,7 +26,10 @@ is programmed only in a namespace WITHOUT a default route (lab hosts, test names
 namespace with one (a real machine's root namespace, whose uplink is the default route) the mesh
 is skipped entirely — no forwarding, no DNAT, and the ingress bridge gets no address — so shoald
 can never route or NAT toward the real uplink; tasks there still get their overlays, DNS and VIPs.
-Host-mode published ports are not programmed yet (TODO).
+Host-mode published ports (agent/network/hostports.py, table `shoal_hostports`) follow the same
+rule: DNAT of remote clients and forwarding only without a default route, the output hook (local
+clients) only with one. Each local task's host bridge address is read from its eth0 when it is
+attached or adopted; after every state the serving local tasks' host-mode ports are programmed.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from pathlib import Path
 from shoal.agent import netstate as ns
 from shoal.agent.exec.protocol import ExecError
 from shoal.agent.netstate import LocalAttachment
-from shoal.agent.network import lb, mesh, overlay
+from shoal.agent.network import hostports, lb, mesh, overlay
 from shoal.agent.network.dns import DnsServer
 from shoal.api.protocol import NetworkState, OverlayNetwork
 from shoal.api.types import Task
@@ -58,6 +61,7 @@ class _LocalTask:
     attachments: list[LocalAttachment]
     vips: list[lb.VipService] | None = None  # last programmed table
     backend_hosts: tuple[str, ...] | None = None  # last ingress host list given to prepare_backend
+    bridge_addr: str = ""  # its eth0 address on the host bridge (host-mode published ports)
 
     @property
     def network_ids(self) -> set[str]:
@@ -98,6 +102,7 @@ class HostNetwork:
         self._ensured: dict[int, _Ensured] = {}
         self._mesh: _Mesh | None = None
         self._mesh_allowed: bool | None = None
+        self._hostports = hostports.HostPorts(host_netns)
 
     @property
     def state(self) -> NetworkState | None:
@@ -139,6 +144,7 @@ class HostNetwork:
             for task_id, local in list(self._tasks.items()):
                 await self._program_task(task_id, local, state)
             await self._program_mesh(state)
+            await self._program_hostports(state)
             listed = {n.vni for n in state.networks}
             for vni in [v for v in self._ensured if v not in listed]:
                 await self._remove_if_unused(vni)
@@ -156,6 +162,8 @@ class HostNetwork:
                     await self._remove_if_unused(vni)
                 except ExecError as e:
                     log.warning("network with VNI %d not removed: %s", vni, e)
+            with contextlib.suppress(ExecError):
+                await self._hostports.clear(mesh_dev=self._mesh.dev if self._mesh else None)
 
     # ------------------------------------------------------------------------------- tasks
     async def attach_task(self, task: Task, netns: str, netns_path: Path) -> list[LocalAttachment]:
@@ -171,7 +179,7 @@ class HostNetwork:
                 await self._ensure(by_id.get(att.network_id) or ns.network_of(att), state)
                 await overlay.attach(netns, att.vni, att.ifname, att.address_cidr,
                                      host_netns=self._netns)
-            local = _LocalTask(netns, atts)
+            local = _LocalTask(netns, atts, bridge_addr=await self._bridge_addr(netns))
             self._tasks[task.id] = local
             await self.dns.add_container(task.id, netns_path, local.network_ids)
             if state is not None:
@@ -184,7 +192,7 @@ class HostNetwork:
         if not atts or task_id in self._tasks:
             return
         async with self._lock:
-            local = _LocalTask(netns, atts)
+            local = _LocalTask(netns, atts, bridge_addr=await self._bridge_addr(netns))
             self._tasks[task_id] = local
             await self.dns.add_container(task_id, netns_path, local.network_ids)
             if self._state is not None:
@@ -201,6 +209,8 @@ class HostNetwork:
             listed = {n.vni for n in self._state.networks} if self._state else set()
             for vni in {a.vni for a in attachments} - listed:
                 await self._remove_if_unused(vni)
+            if local is not None and self._state is not None:
+                await self._program_hostports(self._state)
 
     def uses_networks(self, task_id: str) -> bool:
         return task_id in self._tasks
@@ -256,6 +266,24 @@ class HostNetwork:
                 local.backend_hosts = hosts
         except ExecError as e:  # e.g. the netns went away under us: the next state retries
             log.warning("task %s: cannot program its load balancing: %s", task_id, e)
+
+    async def _bridge_addr(self, netns: str) -> str:
+        try:
+            return await hostports.task_bridge_address(netns)
+        except (ExecError, OSError, ValueError) as e:
+            log.warning("netns %s: no host bridge address for host-mode ports: %s", netns, e)
+            return ""
+
+    async def _program_hostports(self, state: NetworkState) -> None:
+        """Host-mode published ports of the serving local tasks (see agent/network/hostports.py)."""
+        local = {tid: t.bridge_addr for tid, t in self._tasks.items() if t.bridge_addr}
+        rules = hostports.plan(state, local)
+        try:
+            allowed = bool(rules) and await self.mesh_allowed()
+            await self._hostports.sync(rules, state.node_addr, forward_allowed=allowed,
+                                       mesh_dev=self._mesh.dev if self._mesh else None)
+        except ExecError as e:  # the next state retries
+            log.warning("cannot program host-mode published ports: %s", e)
 
     async def mesh_allowed(self) -> bool:
         """Whether this namespace may run the routing mesh: only when it has no default route."""

@@ -8,16 +8,24 @@ A node is charged to the first filter that rejects it (the pipeline stops there)
 add up to the number of rejected nodes. Reasons are listed in pipeline order.
 
 Filters split into *static* ones (readiness, constraints, platform: they do not change while a
-group is being placed) and *dynamic* ones (resources, max replicas), which are re-checked on a
-node after each placement on it.
+group is being placed) and *dynamic* ones (resources, host ports, max replicas), which are
+re-checked on a node after each placement on it.
+
+Host ports (swarmkit's HostPortFilter): a task of a service publishing ports in host mode cannot go
+to a node where an active task (of any service, its own included) already publishes the same
+(published port, protocol) in host mode. Tasks do not carry their service's ports, so the caller
+gives `Requirements.of` a table service ID -> `host_ports_of(service)`; a node's ports in use are
+those of the services it counts tasks of (`NodeInfo.service_counts`). Without a table (the default)
+the filter passes every node.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
-from shoal.api.types import Platform, Task
+from shoal.api.types import Platform, Service, Task
 from shoal.manager.scheduler.constraints import (
     Constraint,
     normalise_arch,
@@ -31,10 +39,26 @@ CONSTRAINTS = "constraints"
 PLATFORM = "platform"
 CPU = "cpu"
 MEMORY = "memory"
+HOST_PORT = "host-port"
 MAX_REPLICAS = "max-replicas"
 
 # Pipeline order: the order in which filters run and in which `explain` lists reasons.
-REASON_ORDER = (NOT_READY, CPU, MEMORY, CONSTRAINTS, PLATFORM, MAX_REPLICAS)
+REASON_ORDER = (NOT_READY, CPU, MEMORY, CONSTRAINTS, PLATFORM, HOST_PORT, MAX_REPLICAS)
+
+HostPort = tuple[int, str]  # (published port, protocol)
+HostPortTable = Mapping[str, frozenset[HostPort]]  # service ID -> its host-mode published ports
+_NO_PORTS: HostPortTable = MappingProxyType({})
+
+
+def host_ports_of(service: Service) -> frozenset[HostPort]:
+    """The host-mode published ports of a service: its Endpoint's ports (what was allocated),
+    else its spec's."""
+    endpoint = service.endpoint
+    ports = endpoint.ports if endpoint is not None and endpoint.ports is not None else None
+    if ports is None and service.spec.endpoint_spec is not None:
+        ports = service.spec.endpoint_spec.ports
+    return frozenset((p.published_port, p.protocol or "tcp") for p in ports or ()
+                     if p.publish_mode == "host" and p.published_port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +73,12 @@ class Requirements:
     max_replicas: int
     platforms: tuple[Platform, ...]
     spread_descriptors: tuple[str, ...]
+    host_ports: frozenset[HostPort] = frozenset()
+    port_table: HostPortTable = field(default_factory=lambda: _NO_PORTS, compare=False, hash=False,
+                                      repr=False)
 
     @classmethod
-    def of(cls, task: Task) -> Requirements:
+    def of(cls, task: Task, port_table: HostPortTable | None = None) -> Requirements:
         placement = task.spec.placement
         cpu, mem = task_reservations(task)
         constraints: list[Constraint] = []
@@ -72,6 +99,8 @@ class Requirements:
             platforms=tuple((placement.platforms or []) if placement else []),
             spread_descriptors=tuple(p.spread.spread_descriptor for p in preferences
                                      if p.spread and p.spread.spread_descriptor),
+            host_ports=(port_table or _NO_PORTS).get(task.service_id, frozenset()),
+            port_table=port_table or _NO_PORTS,
         )
 
 
@@ -107,6 +136,15 @@ def check_resources(req: Requirements, info: NodeInfo) -> str | None:
     return None
 
 
+def check_host_ports(req: Requirements, info: NodeInfo) -> str | None:
+    if not req.host_ports:
+        return None
+    for service_id in info.service_counts:
+        if req.host_ports & req.port_table.get(service_id, frozenset()):
+            return HOST_PORT
+    return None
+
+
 def check_max_replicas(req: Requirements, info: NodeInfo) -> str | None:
     if req.max_replicas and info.service_counts.get(req.service_id, 0) >= req.max_replicas:
         return MAX_REPLICAS
@@ -119,14 +157,15 @@ def check_static(req: Requirements, info: NodeInfo) -> str | None:
 
 
 def check_dynamic(req: Requirements, info: NodeInfo) -> str | None:
-    """Resources and max replicas, which change as tasks are placed on the node."""
-    return check_resources(req, info) or check_max_replicas(req, info)
+    """Resources, host ports and max replicas, which change as tasks are placed on the node."""
+    return check_resources(req, info) or check_host_ports(req, info) or check_max_replicas(req, info)
 
 
 def check_all(req: Requirements, info: NodeInfo) -> str | None:
-    """The whole pipeline, in REASON_ORDER: ready, resources, constraints, platform, max replicas."""
+    """The whole pipeline, in REASON_ORDER: ready, resources, constraints, platform, host ports,
+    max replicas."""
     return (check_ready(req, info) or check_resources(req, info) or check_constraints(req, info)
-            or check_platform(req, info) or check_max_replicas(req, info))
+            or check_platform(req, info) or check_host_ports(req, info) or check_max_replicas(req, info))
 
 
 def _nodes(count: int) -> str:
@@ -149,6 +188,8 @@ def explain_reason(reason: str, count: int) -> str:
         return f"scheduling constraints not satisfied on {_nodes(count)}"
     if reason == PLATFORM:
         return f"unsupported platform on {_nodes(count)}"
+    if reason == HOST_PORT:
+        return f"host-mode port already in use on {_nodes(count)}"
     if reason == MAX_REPLICAS:
         return "max replicas per node limit exceed"
     return f"{_nodes(count)} rejected ({reason})"

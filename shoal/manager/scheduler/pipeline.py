@@ -26,7 +26,14 @@ import msgspec
 
 from shoal.api.types import Task
 from shoal.manager.scheduler.constraints import node_attribute
-from shoal.manager.scheduler.filters import Requirements, check_all, check_dynamic, check_static, explain
+from shoal.manager.scheduler.filters import (
+    HostPortTable,
+    Requirements,
+    check_all,
+    check_dynamic,
+    check_static,
+    explain,
+)
 from shoal.manager.scheduler.nodeinfo import NodeInfo, Workspace
 
 
@@ -131,12 +138,12 @@ def _tree(ws: Workspace, req: Requirements, node_ids: list[str], cache: _PassCac
 
 
 def _place_group(ws: Workspace, node_ids: list[str], tasks: list[Task], out: Decisions,
-                 cache: _PassCache) -> None:
+                 cache: _PassCache, port_table: HostPortTable | None) -> None:
     """Place the tasks of one group (same service and spec) over all nodes.
 
     Only nodes that pass the (cached) static filters are checked, and only dynamically; why the
     others were refused is worked out only if the group cannot be placed (the explanation)."""
-    req = Requirements.of(tasks[0])
+    req = Requirements.of(tasks[0], port_table)
     failures: dict[str, str] = {}
     feasible = [nid for nid in cache.static_ok(req) if check_dynamic(req, ws.get(nid)) is None]
     root = _tree(ws, req, feasible, cache)
@@ -153,11 +160,12 @@ def _place_group(ws: Workspace, node_ids: list[str], tasks: list[Task], out: Dec
         out.assigned[task.id] = node_id
 
 
-def _place_preassigned(ws: Workspace, task: Task, out: Decisions) -> None:
+def _place_preassigned(ws: Workspace, task: Task, out: Decisions,
+                       port_table: HostPortTable | None) -> None:
     if task.node_id not in ws:
         out.unplaceable[task.id] = explain({})
         return
-    req = Requirements.of(task)
+    req = Requirements.of(task, port_table)
     reason = check_all(req, ws.get(task.node_id))
     if reason is not None:
         out.unplaceable[task.id] = explain({reason: 1})
@@ -171,8 +179,12 @@ def group_key(task: Task) -> tuple[str, bytes]:
     return task.service_id, msgspec.msgpack.encode(task.spec)
 
 
-def schedule(tasks: Sequence[Task], node_infos: Mapping[str, NodeInfo]) -> Decisions:
+def schedule(tasks: Sequence[Task], node_infos: Mapping[str, NodeInfo],
+             port_table: HostPortTable | None = None) -> Decisions:
     """Place `tasks` on the nodes of `node_infos`; deterministic for a given input.
+
+    `port_table` (service ID -> host-mode published ports) turns on the host-port filter: a node
+    already running a task that publishes the same port in host mode cannot take another.
 
     Pre-assigned tasks are validated first (they already own their node), then groups in order of
     their key, each group's tasks by (slot, id).
@@ -182,11 +194,11 @@ def schedule(tasks: Sequence[Task], node_infos: Mapping[str, NodeInfo]) -> Decis
     groups: dict[tuple[str, bytes], list[Task]] = {}
     for task in sorted(tasks, key=lambda t: (t.slot, t.id)):
         if task.node_id:
-            _place_preassigned(ws, task, out)
+            _place_preassigned(ws, task, out, port_table)
         else:
             groups.setdefault(group_key(task), []).append(task)
     node_ids = ws.ids()
     cache = _PassCache(ws)
     for key in sorted(groups):
-        _place_group(ws, node_ids, groups[key], out, cache)
+        _place_group(ws, node_ids, groups[key], out, cache, port_table)
     return out

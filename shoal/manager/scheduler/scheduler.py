@@ -23,7 +23,8 @@ import msgspec
 
 from shoal.api.clock import Clock
 from shoal.api.states import TaskState
-from shoal.api.types import Node, Task, TaskStatus
+from shoal.api.types import Node, Service, Task, TaskStatus
+from shoal.manager.scheduler.filters import HostPort, host_ports_of
 from shoal.manager.scheduler.nodeinfo import NodeInfo, build_node_infos, task_reservations
 from shoal.manager.scheduler.pipeline import Decisions, schedule
 from shoal.store.protocol import Change, ReadTx, Store, Watch, WriteTx
@@ -47,16 +48,20 @@ class Scheduler:
         self._infos: dict[str, NodeInfo] = {}
         self._task_node: dict[str, str] = {}  # task id -> the node whose NodeInfo counts it
         self._pending: dict[str, Task] = {}
+        self._ports: dict[str, frozenset[HostPort]] = {}  # service ID -> host-mode published ports
         self._dirty = asyncio.Event()
         self._watch: Watch | None = None
         self._runners: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        def snapshot(tx: ReadTx) -> tuple[list[Node], list[Task]]:
-            return list(tx.list(Node)), list(tx.list(Task))
+        def snapshot(tx: ReadTx) -> tuple[list[Node], list[Task], list[Service]]:
+            return list(tx.list(Node)), list(tx.list(Task)), list(tx.list(Service))
 
-        (nodes, tasks), self._watch = self._store.view_and_watch(snapshot, kinds=(Node, Task))
+        (nodes, tasks, services), self._watch = self._store.view_and_watch(
+            snapshot, kinds=(Node, Task, Service))
         self._infos = build_node_infos(nodes, tasks)
+        for service in services:
+            self._on_service(service, deleted=False)
         for task in tasks:
             self._on_task(task, deleted=False)
         self._runners = [asyncio.create_task(self._consume(self._watch), name="scheduler-watch"),
@@ -84,6 +89,19 @@ class Scheduler:
             self._on_task(obj, deleted=change.action == "delete")
         elif isinstance(obj, Node):
             self._on_node(obj, deleted=change.action == "delete")
+        elif isinstance(obj, Service):
+            self._on_service(obj, deleted=change.action == "delete")
+
+    def _on_service(self, service: Service, *, deleted: bool) -> None:
+        """Keep the host-mode ports table (the host-port filter) in step with the services."""
+        ports = frozenset() if deleted else host_ports_of(service)
+        if ports:
+            changed = self._ports.get(service.id) != ports
+            self._ports[service.id] = ports
+        else:
+            changed = self._ports.pop(service.id, None) is not None
+        if changed and self._pending:
+            self._dirty.set()
 
     def _on_task(self, task: Task, *, deleted: bool) -> None:
         """Re-derive this task's place in the cache from its latest value (idempotent)."""
@@ -129,7 +147,7 @@ class Scheduler:
         """Place every schedulable task once and commit the outcome in one transaction."""
         if not self._pending:
             return Decisions()
-        decisions = schedule(list(self._pending.values()), self._infos)
+        decisions = schedule(list(self._pending.values()), self._infos, self._ports)
         placed = {tid: self._pending.pop(tid) for tid in decisions.assigned}
         for tid, node_id in decisions.assigned.items():
             # Count the placement now so the next tick sees it before the watch echoes it back.
