@@ -40,6 +40,11 @@ def test_host_loss_moves_tasks_and_return_leaves_no_duplicates(lab: Lab, fault: 
         lab.link("node3", up=False)
     wait_for(lambda: converged_without_duplicates(lab, service, 6, avoid="node3"), 60,
              "6 tasks running on node1/node2 after node3 was lost")
+    # `service ls` counts 6/6: the lost host's last reports are not counted as running.
+    status = next(s["ServiceStatus"] for s in lab.api("node1", "GET", "/v1.50/services",
+                                                        params={"status": "1"}).json()
+                  if s["Spec"]["Name"] == service)
+    assert (status["RunningTasks"], status["DesiredTasks"]) == (6, 6), status
     if fault == "kill":
         lab.start("node3")
     else:

@@ -18,6 +18,7 @@ from shoal.api.errors import Conflict, FailedPrecondition, Unimplemented
 from shoal.api.ids import new_id
 from shoal.api.states import TaskState
 from shoal.api.types import (
+    Node,
     ReplicatedService,
     Service,
     ServiceMode,
@@ -66,10 +67,17 @@ def normalized(spec: ServiceSpec) -> ServiceSpec:
     return msgspec.structs.replace(spec, mode=mode)
 
 
-def service_status(tx: ReadTx, svc: Service) -> ServiceStatus:
-    """swarmkit's rule: Running = tasks running; Desired = replicas, or (global) tasks meant to run."""
+def down_nodes(tx: ReadTx) -> set[str]:
+    return {n.id for n in tx.list(Node) if n.status.state == "down"}
+
+
+def service_status(tx: ReadTx, svc: Service, down: set[str]) -> ServiceStatus:
+    """Running = tasks running that are meant to and whose node is not down (a down node's last
+    report is not a container anyone can see; the docker CLI skips such tasks too); Desired =
+    replicas, or (global) tasks meant to run."""
     tasks: list[Task] = list(tx.tasks_of_service(svc.id))
-    running = sum(t.status.state == TaskState.RUNNING for t in tasks)
+    running = sum(t.status.state == TaskState.RUNNING and t.desired_state == TaskState.RUNNING
+                  and t.node_id not in down for t in tasks)
     completed = sum(t.status.state == TaskState.COMPLETE for t in tasks)
     mode = svc.spec.mode
     if mode.replicated is not None:
@@ -99,10 +107,11 @@ async def list_services(request: web.Request) -> web.Response:
     tx = require_manager(request)
     filters = parse_filters(request, _FILTERS)
     with_status = query_bool(request, "status") and api_version_at_least(request, "1.41")
+    down = down_nodes(tx) if with_status else set()
     out = []
     for svc in sorted(tx.list(Service), key=lambda s: s.created_at):
         if _matches(svc, filters):
-            out.append(msgspec.structs.replace(svc, service_status=service_status(tx, svc))
+            out.append(msgspec.structs.replace(svc, service_status=service_status(tx, svc, down))
                        if with_status else svc)
     return json_response(out)
 
