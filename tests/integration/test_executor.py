@@ -156,7 +156,7 @@ def test_httpd_reachable_through_bridge() -> None:
             out = (await proc.communicate())[0].decode()
             if out:
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # poll interval of the bounded retry above
         assert out == "hello from shoal\n"
     run(body)
 

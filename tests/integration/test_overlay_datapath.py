@@ -19,7 +19,6 @@ import random
 import secrets
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import pytest
 
 from shoal.agent.network import lb, mesh, overlay
 from shoal.hostnet import links, netns, procs, routes
+from tests.daemon import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("overlay-datapath")]
 
@@ -41,11 +41,7 @@ def arun(coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 def wait_until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+    wait_for(cond, timeout, what, interval=0.05)
 
 
 def pick_subnets(count: int) -> list[ipaddress.IPv4Network]:
@@ -276,9 +272,8 @@ def test_vip_spreads_and_drains_without_failed_requests(topo: Topo) -> None:
     try:
         assert all(get(t, "ac", f"http://{vip}/") in ("a1", "a2") for _ in range(6))
         arun(lb.program_vips(t.ns("ac"), vip_services(t, [])))
-        started = time.monotonic()
         r = curl(t, "ac", f"http://{vip}/", max_time=5)
-        assert r.returncode == 7 and time.monotonic() - started < 1.0, r  # refused at once
+        assert r.returncode == 7, r  # refused (7), not left to time out (28): no backend, no hang
     finally:
         start_httpd(t, "a3")
         arun(lb.clear_vips(t.ns("ac")))
