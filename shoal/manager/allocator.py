@@ -15,8 +15,6 @@ pass, no fixed wait) and committed in one transaction.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 import msgspec
@@ -27,7 +25,8 @@ from shoal.api.states import TaskState
 from shoal.api.types import Network, Node, Service, Task, TaskStatus
 from shoal.manager.netalloc.nodes import settle_node
 from shoal.manager.netalloc.tasks import NODE_OWNER, AllocationError, TaskAddresses, attach
-from shoal.store.protocol import Change, ReadTx, Store, Watch, WriteTx
+from shoal.manager.ticker import TickLoop
+from shoal.store.protocol import Change, ReadTx, Store, WriteTx
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +49,8 @@ class Allocator:
         self._all_nodes = False  # the ingress network changed: settle every node
         self._waiting: set[str] = set()  # tasks NEW for want of an address
         self._held = TaskAddresses()
-        self._wake = asyncio.Event()
-        self._watch: Watch | None = None
-        self._runners: list[asyncio.Task[None]] = []
+        self._loop = TickLoop("allocator", self.tick, clock, debounce_s=debounce_s,
+                              retry_s=RETRY_AFTER_ERROR_S)
 
     async def start(self) -> None:
         def snapshot(tx: ReadTx) -> list[str]:
@@ -60,30 +58,18 @@ class Allocator:
             self._held.load(tasks, tx.list(Node))
             return [t.id for t in tasks if needs_allocation(t)]
 
-        ids, self._watch = self._store.view_and_watch(snapshot, kinds=(Task, Service, Node, Network))
+        ids, watch = self._store.view_and_watch(snapshot, kinds=(Task, Service, Node, Network))
         self._all_nodes = True
         self._mark(ids)
-        self._runners = [asyncio.create_task(self._consume(self._watch), name="allocator-watch"),
-                         asyncio.create_task(self._run(), name="allocator-ticks")]
+        self._loop.start(watch, lambda changes: self._mark(self._observe(changes)))
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.close()
-        for runner in self._runners:
-            runner.cancel()
-        for runner in self._runners:
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
-        self._runners = []
+        await self._loop.stop()
 
     def _mark(self, ids: list[str]) -> None:
         if ids or self._dirty_nodes or self._all_nodes:
             self._dirty.update(ids)
-            self._wake.set()
-
-    async def _consume(self, watch: Watch) -> None:
-        async for changes in watch:
-            self._mark(self._observe(changes))
+            self._loop.wake()
 
     def _observe(self, changes: list[Change]) -> list[str]:
         """Task IDs to (re)try: new tasks, and the waiting ones when addresses may have been freed."""
@@ -130,18 +116,6 @@ class Allocator:
             owner = self._held.owner(vip.network_id, addr) if addr is not None else None
             if owner is not None and owner.startswith(NODE_OWNER):
                 self._dirty_nodes.add(owner.removeprefix(NODE_OWNER))
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            await self._clock.sleep(self._debounce_s)  # gather a burst into one transaction
-            self._wake.clear()
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("allocator tick failed; retrying")
-                await self._clock.sleep(RETRY_AFTER_ERROR_S)
-                self._wake.set()
 
     async def tick(self) -> int:
         """Give dirty nodes their ingress address and move every dirty NEW task to PENDING;

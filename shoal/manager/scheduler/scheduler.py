@@ -15,8 +15,6 @@ task is retried on the next tick, which any node change or freed resource trigge
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 import msgspec
@@ -27,7 +25,8 @@ from shoal.api.types import Node, Service, Task, TaskStatus
 from shoal.manager.scheduler.filters import HostPort, host_ports_of
 from shoal.manager.scheduler.nodeinfo import NodeInfo, build_node_infos, task_reservations
 from shoal.manager.scheduler.pipeline import Decisions, schedule
-from shoal.store.protocol import Change, ReadTx, Store, Watch, WriteTx
+from shoal.manager.ticker import TickLoop
+from shoal.store.protocol import Change, ReadTx, Store, WriteTx
 
 log = logging.getLogger(__name__)
 
@@ -49,39 +48,29 @@ class Scheduler:
         self._task_node: dict[str, str] = {}  # task id -> the node whose NodeInfo counts it
         self._pending: dict[str, Task] = {}
         self._ports: dict[str, frozenset[HostPort]] = {}  # service ID -> host-mode published ports
-        self._dirty = asyncio.Event()
-        self._watch: Watch | None = None
-        self._runners: list[asyncio.Task[None]] = []
+        self._loop = TickLoop("scheduler", self.tick, clock, debounce_s=debounce_s,
+                              retry_s=RETRY_AFTER_ERROR_S)
 
     async def start(self) -> None:
         def snapshot(tx: ReadTx) -> tuple[list[Node], list[Task], list[Service]]:
             return list(tx.list(Node)), list(tx.list(Task)), list(tx.list(Service))
 
-        (nodes, tasks, services), self._watch = self._store.view_and_watch(
+        (nodes, tasks, services), watch = self._store.view_and_watch(
             snapshot, kinds=(Node, Task, Service))
         self._infos = build_node_infos(nodes, tasks)
         for service in services:
             self._on_service(service, deleted=False)
         for task in tasks:
             self._on_task(task, deleted=False)
-        self._runners = [asyncio.create_task(self._consume(self._watch), name="scheduler-watch"),
-                         asyncio.create_task(self._run(), name="scheduler-ticks")]
+        self._loop.start(watch, self._observe)
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.close()
-        for runner in self._runners:
-            runner.cancel()
-        for runner in self._runners:
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
-        self._runners = []
+        await self._loop.stop()
 
     # ------------------------------------------------------------------------------ cache upkeep
-    async def _consume(self, watch: Watch) -> None:
-        async for changes in watch:
-            for change in changes:
-                self._apply(change)
+    def _observe(self, changes: list[Change]) -> None:
+        for change in changes:
+            self._apply(change)
 
     def _apply(self, change: Change) -> None:
         obj = change.obj
@@ -101,7 +90,7 @@ class Scheduler:
         else:
             changed = self._ports.pop(service.id, None) is not None
         if changed and self._pending:
-            self._dirty.set()
+            self._loop.wake()
 
     def _on_task(self, task: Task, *, deleted: bool) -> None:
         """Re-derive this task's place in the cache from its latest value (idempotent)."""
@@ -112,9 +101,9 @@ class Scheduler:
             self._task_node[task.id] = task.node_id
         if not deleted and is_schedulable(task):
             self._pending[task.id] = task
-            self._dirty.set()
+            self._loop.wake()
         elif self._pending.pop(task.id, None) is not None or (freed and self._pending):
-            self._dirty.set()
+            self._loop.wake()
 
     def _on_node(self, node: Node, *, deleted: bool) -> None:
         info = self._infos.get(node.id)
@@ -128,21 +117,9 @@ class Scheduler:
         else:
             info.set_node(node)
         if self._pending:
-            self._dirty.set()
+            self._loop.wake()
 
     # ------------------------------------------------------------------------------------ ticks
-    async def _run(self) -> None:
-        while True:
-            await self._dirty.wait()
-            await self._clock.sleep(self._debounce_s)  # let a burst of changes gather
-            self._dirty.clear()
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("scheduler tick failed; retrying")
-                await self._clock.sleep(RETRY_AFTER_ERROR_S)
-                self._dirty.set()
-
     async def tick(self) -> Decisions:
         """Place every schedulable task once and commit the outcome in one transaction."""
         if not self._pending:
