@@ -37,7 +37,6 @@ import collections
 import contextlib
 import dataclasses
 import logging
-import random
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,8 @@ import msgspec
 from shoal.agent.exec.protocol import Executor
 from shoal.agent.logserve import LogServer, locked_sender
 from shoal.agent.race import race as _race
-from shoal.agent.runner import TaskRunner, drive, first_of
+from shoal.agent.reconnect import keep_session
+from shoal.agent.runner import TaskRunner, drive
 from shoal.agent.taskdb import TaskDB
 from shoal.api import protocol as proto
 from shoal.api.clock import Clock
@@ -62,8 +62,6 @@ REGISTER_TIMEOUT_S = 10.0
 STATUS_BATCH_WINDOW_S = 0.01  # swarmkit waits 100 ms; a short window keeps task start latency low
 MAX_UPDATES_PER_BATCH = 1000  # keeps one frame small even when 10k tasks report at once
 DB_FLUSH_DELAY_S = 0.1
-RECONNECT_INITIAL_S = 0.1
-RECONNECT_MAX_S = 5.0
 SETTLE_TIMEOUT_S = 60.0  # a task being removed: longest wait for its shutdown and removal
 FORGOTTEN_KEPT = 10_000  # forgotten task ids remembered, so a late assignment cannot restart one
 
@@ -159,25 +157,11 @@ class Agent:
 
     # --------------------------------------------------------------------------------- session
     async def run(self, connect: Connect) -> None:
-        """Keep a session up until `stop`: reconnect with backoff (and jitter, so that agents do
-        not stampede a restarted manager) whenever it drops. Tasks are not disturbed."""
+        """Keep a session up until `stop` (reconnect.keep_session). Tasks are not disturbed."""
         await self.start()
-        delay_s = RECONNECT_INITIAL_S
-        while not self._stopping.is_set():
-            registered = self.sessions_registered
-            try:
-                reader, writer = await connect()
-                await self.run_session(reader, writer)
-            except (OSError, EOFError, ValueError, TimeoutError, SessionRejected) as e:
-                log.warning("session with the manager ended: %s", e or type(e).__name__)
-            except Exception:  # a bug must not end the node's only link to its manager
-                log.exception("session with the manager failed")
-            if self.sessions_registered > registered:
-                delay_s = RECONNECT_INITIAL_S  # it had got through: the next try may as well
-            if self._stopping.is_set():
-                break
-            await first_of(self._stopping.wait(), self._clock.sleep(delay_s * random.uniform(0.5, 1.0)))
-            delay_s = min(delay_s * 2, RECONNECT_MAX_S)
+        await keep_session(connect, self.run_session, stopping=self._stopping, clock=self._clock,
+                           registered=lambda: self.sessions_registered,
+                           expected=(OSError, EOFError, ValueError, TimeoutError, SessionRejected))
 
     async def run_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One session on an open stream, until the manager closes it (returns), it fails

@@ -17,30 +17,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-import msgspec
 from msgspec import field
 
+from shoal.api.meta import EPOCH as EPOCH
+from shoal.api.meta import Base as Base
+from shoal.api.meta import Meta as Meta
+from shoal.api.meta import Version as Version
 from shoal.api.states import TaskState
-
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
-class Base(msgspec.Struct, rename="pascal", omit_defaults=True, frozen=True, kw_only=True):
-    """Common configuration of every wire type."""
-
-
-# ---------------------------------------------------------------------------------------------- meta
-class Version(Base, frozen=True):
-    index: int = 0
-
-
-class Meta(Base, frozen=True):
-    """Fields every stored object carries; the store writes `version`, `created_at`, `updated_at`."""
-
-    id: str = field(name="ID", default="")
-    version: Version = Version()
-    created_at: dt.datetime = EPOCH
-    updated_at: dt.datetime = EPOCH
 
 
 # ------------------------------------------------------------------------------------------- service

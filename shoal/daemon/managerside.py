@@ -16,12 +16,12 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from shoal.agent.agent import Agent
 from shoal.agent.exec.crun import CrunExecutor
 from shoal.agent.network.host import HostNetwork
 from shoal.api.clock import Clock
 from shoal.api.services import LogSource
 from shoal.api.types import NodeDescription
+from shoal.daemon.localagent import LocalAgent
 from shoal.manager.ca.authority import RootCA
 from shoal.manager.clusterport import ClusterPortServer
 from shoal.manager.manager import Manager
@@ -46,8 +46,7 @@ class ManagerRuntime:
         self.root: RootCA | None = None
         self._manager: Manager | None = None
         self._port: ClusterPortServer | None = None
-        self._agent: Agent | None = None
-        self._agent_task: asyncio.Task[None] | None = None
+        self._agent: LocalAgent | None = None
         self._sessions: set[asyncio.Task[None]] = set()
 
     def log_source(self) -> LogSource | None:
@@ -72,10 +71,10 @@ class ManagerRuntime:
             self._port = None
             await self.stop(shutdown_tasks=False)
             raise
-        self._agent = Agent(self._executor, node_id=node_id, state_dir=self._state_dir / "agent",
-                            description=self._description(), clock=self._clock, logs=self._logs,
-                            on_network_state=self._network.submit if self._network else None)
-        self._agent_task = asyncio.create_task(self._agent.run(self._connect), name="manager-agent")
+        self._agent = LocalAgent(executor=self._executor, clock=self._clock, state_dir=self._state_dir,
+                                 node_id=node_id, description=self._description(), logs=self._logs,
+                                 network=self._network)
+        self._agent.start(self._connect, "manager-agent")
         log.info("manager %s: cluster port listening on %s:%d", node_id, host, self._port.port)
 
     async def _connect(self) -> Streams:
@@ -93,10 +92,6 @@ class ManagerRuntime:
     async def stop(self, *, shutdown_tasks: bool) -> None:
         if self._agent is not None:
             await self._agent.stop(shutdown_tasks=shutdown_tasks)
-        if self._agent_task is not None:
-            self._agent_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._agent_task
         if self._port is not None:
             await self._port.stop()
         if self._manager is not None:
@@ -106,5 +101,5 @@ class ManagerRuntime:
         for session in list(self._sessions):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await session
-        self._agent = self._manager = self._agent_task = self._port = None
+        self._agent = self._manager = self._port = None
         self.root = None

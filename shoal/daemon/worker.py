@@ -10,18 +10,17 @@ turn.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from shoal.agent.agent import Agent
 from shoal.agent.exec.crun import CrunExecutor
 from shoal.agent.identity import CertificateRenewer, JoinError, NodeIdentity, open_session
 from shoal.agent.network.host import HostNetwork
 from shoal.api.clock import Clock
 from shoal.api.services import LogSource
 from shoal.api.types import NodeDescription
+from shoal.daemon.localagent import LocalAgent
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +41,7 @@ class WorkerRuntime:
         self._description = description
         self._managers = list(managers)
         self._next = 0
-        self._agent: Agent | None = None
-        self._agent_task: asyncio.Task[None] | None = None
+        self._agent: LocalAgent | None = None
         self._renewer: CertificateRenewer | None = None
 
     def manager_addr(self) -> str:
@@ -57,10 +55,10 @@ class WorkerRuntime:
 
     async def start(self) -> None:
         identity = self._identity()
-        self._agent = Agent(self._executor, node_id=identity.node_id, state_dir=self._state_dir / "agent",
-                            description=self._description(), clock=self._clock, logs=self._logs,
-                            on_network_state=self._network.submit if self._network else None)
-        self._agent_task = asyncio.create_task(self._agent.run(self._connect), name="worker-agent")
+        self._agent = LocalAgent(executor=self._executor, clock=self._clock, state_dir=self._state_dir,
+                                 node_id=identity.node_id, description=self._description(),
+                                 logs=self._logs, network=self._network)
+        self._agent.start(self._connect, "worker-agent")
         self._renewer = CertificateRenewer(self._identity_dir, self.manager_addr, self._clock)
         await self._renewer.start()
         log.info("worker %s started; managers %s", identity.node_id, ", ".join(self._managers))
@@ -78,8 +76,4 @@ class WorkerRuntime:
             await self._renewer.stop()
         if self._agent is not None:
             await self._agent.stop(shutdown_tasks=shutdown_tasks)
-        if self._agent_task is not None:
-            self._agent_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._agent_task
-        self._agent = self._agent_task = self._renewer = None
+        self._agent = self._renewer = None
