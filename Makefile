@@ -5,7 +5,10 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := crun runc busybox-static tini iproute2 nftables iptables curl
 # Only the benchmarks need these (a server copied into an image, and a load tool).
 BENCH_APT_PACKAGES := nginx-light wrk
-IMAGES := build/images/busybox.tar
+BUSYBOX_IMAGE := build/images/busybox.tar
+# A UDP echo server (busybox has none): the tests of UDP published ports.
+UDPECHO_IMAGE := build/images/udpecho.tar
+IMAGES := $(BUSYBOX_IMAGE) $(UDPECHO_IMAGE)
 # Not in build/images (every lab loads all of those): only bench/bench_mesh.py loads it.
 NGINX_IMAGE := build/bench/nginx.tar
 PYTEST_WORKERS ?= 2
@@ -28,8 +31,11 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-$(IMAGES): tools/build_busybox_image.py | venv
+$(BUSYBOX_IMAGE): tools/build_busybox_image.py | venv
 	$(PY) tools/build_busybox_image.py $@
+
+$(UDPECHO_IMAGE): tools/build_udpecho_image.py tools/build_nginx_image.py tools/build_busybox_image.py | venv
+	$(PY) tools/build_udpecho_image.py $@
 
 images: $(IMAGES)
 

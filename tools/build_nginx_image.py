@@ -90,15 +90,23 @@ def _file(path: str, data: bytes, mode: int = 0o644) -> tuple[tarfile.TarInfo, b
 
 
 def rootfs_layer(busybox: Path, nginx: Path) -> bytes:
-    entries = [(bb._info(d, tarfile.DIRTYPE, mode), b"") for d, mode in {**bb.DIRS, **DIRS}.items()]
+    return layer_with(busybox, nginx, "usr/sbin/nginx", DIRS, {
+        "etc/nginx/nginx.conf": NGINX_CONF.encode(), "usr/share/nginx/html/index.html": INDEX_HTML.encode()})
+
+
+def layer_with(busybox: Path, program: Path, program_path: str, dirs_modes: dict[str, int],
+               files: dict[str, bytes]) -> bytes:
+    """busybox and its applets in /bin, `program` at `program_path` with every library ldd lists for
+    it, the directories `dirs_modes` and the regular `files` (path -> bytes)."""
+    entries = [(bb._info(d, tarfile.DIRTYPE, mode), b"") for d, mode in {**bb.DIRS, **dirs_modes}.items()]
     entries.append(_file("bin/busybox", busybox.read_bytes(), 0o755))
     entries += [(bb._info(f"bin/{a}", tarfile.SYMTYPE, 0o777, linkname="busybox"), b"")
                 for a in bb.applets(busybox)]
     for path, text in bb.FILES.items():
         entries.append(_file(path, text.encode()))
-    entries.append(_file("usr/sbin/nginx", nginx.read_bytes(), 0o755))
+    entries.append(_file(program_path, program.read_bytes(), 0o755))
     dirs = {info.name for info, _ in entries if info.isdir()}
-    for lib in shared_libraries(nginx):
+    for lib in shared_libraries(program):
         rel = str(lib).lstrip("/")
         parts = rel.split("/")
         for i in range(1, len(parts)):  # /lib/x86_64-linux-gnu, /lib64 ...
@@ -107,20 +115,26 @@ def rootfs_layer(busybox: Path, nginx: Path) -> bytes:
                 dirs.add(d)
                 entries.append((bb._info(d, tarfile.DIRTYPE, 0o755), b""))
         entries.append(_file(rel, lib.resolve().read_bytes(), 0o755))
-    entries.append(_file("etc/nginx/nginx.conf", NGINX_CONF.encode()))
-    entries.append(_file("usr/share/nginx/html/index.html", INDEX_HTML.encode()))
+    entries += [_file(path, data) for path, data in files.items()]
     unique = {e[0].name: e for e in entries}  # a path listed twice keeps its last entry
     return bb._tar(sorted(unique.values(), key=lambda e: e[0].name))
 
 
 def image_archive(layer: bytes) -> bytes:
     """The docker-save/OCI archive around `layer` (as build_busybox_image.image_archive)."""
+    return archive(layer, name=NAME, repo_tag=REPO_TAG, cmd=CMD, exposed="80/tcp",
+                   created_by="tools/build_nginx_image.py")
+
+
+def archive(layer: bytes, *, name: str, repo_tag: str, cmd: list[str], exposed: str,
+            created_by: str) -> bytes:
+    """A one-layer docker-save/OCI archive: `name` (the full reference), `repo_tag` in manifest.json."""
     digest, js = bb._digest, bb._json
     config = js({
         "architecture": bb.ARCHES.get(platform.machine(), platform.machine()), "os": "linux",
-        "created": bb.CREATED, "config": {"Cmd": CMD, "Env": bb.ENV, "ExposedPorts": {"80/tcp": {}}},
+        "created": bb.CREATED, "config": {"Cmd": cmd, "Env": bb.ENV, "ExposedPorts": {exposed: {}}},
         "rootfs": {"type": "layers", "diff_ids": [digest(layer)]},
-        "history": [{"created": bb.CREATED, "created_by": "tools/build_nginx_image.py"}],
+        "history": [{"created": bb.CREATED, "created_by": created_by}],
     })
     manifest = js({
         "schemaVersion": 2, "mediaType": bb.MEDIA_MANIFEST,
@@ -129,10 +143,11 @@ def image_archive(layer: bytes) -> bytes:
     })
     index = js({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [{
         "mediaType": bb.MEDIA_MANIFEST, "digest": digest(manifest), "size": len(manifest),
-        "annotations": {"io.containerd.image.name": NAME, "org.opencontainers.image.ref.name": "bench"},
+        "annotations": {"io.containerd.image.name": name,
+                        "org.opencontainers.image.ref.name": repo_tag.rsplit(":", 1)[-1]},
     }]})
     blob = {data: "blobs/sha256/" + hashlib.sha256(data).hexdigest() for data in (config, layer, manifest)}
-    docker_manifest = js([{"Config": blob[config], "RepoTags": [REPO_TAG], "Layers": [blob[layer]]}])
+    docker_manifest = js([{"Config": blob[config], "RepoTags": [repo_tag], "Layers": [blob[layer]]}])
     files = {path: data for data, path in blob.items()}
     files.update({"index.json": index, "manifest.json": docker_manifest,
                   "oci-layout": js({"imageLayoutVersion": "1.0.0"})})

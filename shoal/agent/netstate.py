@@ -137,6 +137,16 @@ def ingress_plan(state: NetworkState) -> IngressPlan | None:
     return IngressPlan(ingress, ordered, backends)
 
 
+def ingress_udp_ports(state: NetworkState, task_id: str) -> tuple[int, ...]:
+    """The UDP target ports `task_id` serves through the routing mesh (sorted)."""
+    ingress = ingress_network(state)
+    if ingress is None:
+        return ()
+    return tuple(sorted({p.target for svc in state.services if svc.network_id == ingress.network_id
+                         and any(t.task_id == task_id for t in svc.tasks)
+                         for p in svc.ports if p.mode == "ingress" and p.published and p.protocol == "udp"}))
+
+
 def peers_of(state: NetworkState, network_id: str) -> set[str]:
     """The other hosts on a network (this host's own address left out, should it be listed)."""
     return set(state.peers.get(network_id, ())) - {state.node_addr}

@@ -178,6 +178,9 @@ class NetworkState(msgspec.Struct, tag="network_state", frozen=True, kw_only=Tru
     peers: dict[str, list[str]] = {}  # network_id -> underlay addresses of the other nodes on it
     ingress_hosts: list[str] = []  # every node's ingress address, in one cluster-wide order
     services: list[ServiceEndpoints] = []  # services on the networks above
+    # Services publishing host-mode ports with an active task on this node, whatever their
+    # networks (network_id "", no VIP; tasks: this node's only, address "").
+    host_ports: list[ServiceEndpoints] = []
 
 
 Message = (Register | Registered | Heartbeat | StatusBatch | Assignments | SessionError | GetRootCA

@@ -3,9 +3,8 @@
 One module-scoped `Lab` (node1 manager, node2/node3 workers), overlay `hpnet` and service `hweb`:
 2 replicas, `MaxReplicas: 1`, busybox httpd serving the task's hostname on port 80, published
 `published=8081,target=80,mode=host` (shoal/agent/network/hostports.py programs the table
-`shoal_hostports` on each host running a serving task). The service is on an overlay network: the
-manager's NetworkState lists services per overlay network only, and the agent learns from it which
-of its tasks serve which ports.
+`shoal_hostports` on each host running a serving task). The service is on an overlay network
+(tests/integration/test_udp_ports.py covers services on none, UDP and the client's address).
 
 Requests run `curl` from node1 (`lab.exec`): to node1's own address (the output hook) and to the
 other hosts' (prerouting, forwarded to the host bridge). All traffic stays in the lab's namespaces.

@@ -49,7 +49,7 @@ def svc(sid: str, net: str, ports: list[PublishedPortSpec], *tasks: TaskEndpoint
 
 
 def state(*services: ServiceEndpoints, node_addr: str = "192.168.5.1") -> NetworkState:
-    return NetworkState(node_addr=node_addr, services=list(services))
+    return NetworkState(node_addr=node_addr, host_ports=list(services))
 
 
 # ---------------------------------------------------------------------------------- the plan
@@ -60,12 +60,13 @@ def test_plan_serving_local_tasks_host_ports_only() -> None:
     assert hp.plan(state(web), local) == [HostPortRule("tcp", 8081, ("172.30.0.2 . 80",))]
 
 
-def test_plan_merges_a_service_listed_on_several_networks_and_sorts() -> None:
-    web_a = svc("web", "n-a", [HOST80, UDP53], ep("t1", "10.0.1.2"))
-    web_b = svc("web", "n-b", [HOST80, UDP53], ep("t1", "10.0.2.2"))
-    other = svc("other", "n-a", [PublishedPortSpec(protocol="tcp", target=8, published=7000, mode="host")],
-                ep("t9", "10.0.1.9"))
-    rules = hp.plan(state(web_a, web_b, other), {"t1": "172.30.0.2", "t9": "172.30.0.9"})
+def test_plan_reads_host_ports_only_and_sorts() -> None:
+    web = svc("web", "", [HOST80, UDP53], ep("t1", ""))
+    other = svc("other", "", [PublishedPortSpec(protocol="tcp", target=8, published=7000, mode="host")],
+                ep("t9", ""))
+    on_overlay = svc("web", "n-a", [HOST80], ep("t5", "10.0.1.5"))  # `services`: not a host-port entry
+    st = NetworkState(node_addr="192.168.5.1", services=[on_overlay], host_ports=[web, other])
+    rules = hp.plan(st, {"t1": "172.30.0.2", "t9": "172.30.0.9", "t5": "172.30.0.5"})
     assert rules == [HostPortRule("tcp", 7000, ("172.30.0.9 . 8",)),
                      HostPortRule("tcp", 8081, ("172.30.0.2 . 80",)),
                      HostPortRule("udp", 5353, ("172.30.0.2 . 53",))]
@@ -85,9 +86,9 @@ RULE = HostPortRule("tcp", 8081, ("172.30.0.2 . 80",))
 def test_render_with_a_default_route_has_the_output_hook_only() -> None:
     script = hp.render([RULE], "192.168.5.1", forward_bridge=None)
     assert script.startswith("table ip shoal_hostports\ndelete table ip shoal_hostports\n")
-    assert "hook output" in script and "hook postrouting" in script
+    assert "hook output" in script
     assert "ip daddr 192.168.5.1 tcp dport 8081 dnat ip to 172.30.0.2:80" in script
-    assert "ct status dnat ip daddr 172.30.0.2 tcp dport 80 masquerade" in script
+    assert "masquerade" not in script and "snat" not in script  # the task sees the client
     assert "prerouting" not in script and "forward" not in script
 
 
@@ -136,7 +137,7 @@ class Fake:
 
     async def _ipn(self, netns: str | None, *args: str, **kw: Any) -> str:
         if "eth0" in args:
-            return json.dumps([{"ifname": "eth0", "addr_info": [{"local": "172.30.0.2"}]}])
+            return json.dumps([{"ifname": "eth0", "addr_info": [{"local": "172.30.0.2", "prefixlen": 24}]}])
         return json.dumps([
             {"ifname": "ul0", "addr_info": [{"family": "inet", "local": "192.168.5.1", "prefixlen": 24}]},
             {"ifname": "shb-x", "addr_info": [{"family": "inet", "local": "172.30.0.1", "prefixlen": 24}]}])
@@ -171,8 +172,32 @@ def test_sync_with_a_default_route_never_forwards(monkeypatch: pytest.MonkeyPatc
         await ports.sync([RULE], "192.168.5.1", forward_allowed=False, mesh_dev=None)
         assert len(fake.scripts) == 1 and "prerouting" not in fake.scripts[0]
         assert "forward" not in fake.scripts[0] and fake.sysctls == []
-        assert await hp.task_bridge_address("t-ns") == "172.30.0.2"
+        assert await hp.task_bridge_address("t-ns") == "172.30.0.2/24"
     asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------- reply routing
+def test_task_reply_routing_marks_off_subnet_connections_and_routes_them_via_the_host() -> None:
+    script = hp.render_task("172.30.0.0/24")
+    assert script.startswith("table ip shoal_hostreply\ndelete table ip shoal_hostreply\n")
+    assert 'iifname "eth0" ct state new ip saddr != 172.30.0.0/24 ct mark set 0x5200' in script
+    assert "type route hook output" in script
+    cmds = hp.task_route_commands("172.30.0.1", (53, 5000), old_prefs=[0, 0x5200, 41000, 32766, 41003])
+    assert cmds == ["rule del pref 20992", "rule del pref 41000", "rule del pref 41003",
+                    "rule add pref 20992 fwmark 20992 lookup 20992",
+                    "route replace default via 172.30.0.1 dev eth0 table 20992",
+                    "rule add pref 41000 ipproto udp sport 53 lookup 20992",
+                    "rule add pref 41001 ipproto udp sport 5000 lookup 20992"]
+
+
+def test_task_udp_ports_are_the_host_mode_udp_targets_of_its_services() -> None:
+    web = svc("web", "", [HOST80, UDP53, PublishedPortSpec(protocol="udp", target=9, published=0,
+                                                           mode="host")], ep("t1", ""))
+    st = state(web, svc("dns", "", [PublishedPortSpec(protocol="udp", target=54, published=54,
+                                                      mode="host")], ep("t2", "")))
+    assert hp.task_udp_ports(st, "t1") == (53,)
+    assert hp.task_udp_ports(st, "t2") == (54,)
+    assert hp.task_udp_ports(st, "t3") == ()
 
 
 # ---------------------------------------------------------------------------------- scheduler
@@ -278,13 +303,19 @@ def test_host_network_programs_serving_local_tasks_and_drops_them(monkeypatch: p
         return '[{"dst": "default"}]' if default_route and args[-1] == "default" else "[]"
 
     async def bridge_address(netns: str) -> str:
-        return "172.30.0.2"
+        return "172.30.0.2/24"
+
+    prepared: list[tuple[str, str, tuple[int, ...]]] = []
+
+    async def prepare_task(netns: str, cidr: str, udp: tuple[int, ...]) -> None:
+        prepared.append((netns, cidr, udp))
 
     async def nothing(*args: Any, **kw: Any) -> None:
         pass
     monkeypatch.setattr(HostPorts, "sync", sync)
     monkeypatch.setattr(hostmod.overlay, "ipn", ipn)
     monkeypatch.setattr(hp, "task_bridge_address", bridge_address)
+    monkeypatch.setattr(hp, "prepare_task", prepare_task)
     for name in ("ensure_network", "set_peers", "attach", "detach", "remove_network"):
         monkeypatch.setattr(hostmod.overlay, name, nothing)
     monkeypatch.setattr(hostmod.lb, "program_vips", nothing)
@@ -294,8 +325,58 @@ def test_host_network_programs_serving_local_tasks_and_drops_them(monkeypatch: p
         await net.adopt_task("t1", "ns-t1", Path("/x"), [LocalAttachment(
             network_id="n-app", vni=4097, subnet="10.0.1.0/24", address_cidr="10.0.1.2/24", ifname="eth1",
             ingress=False)])
-        await net.apply(state(svc("web", "n-app", [HOST80], ep("t1", "10.0.1.2"))))
+        await net.apply(state(svc("web", "", [HOST80], ep("t1", ""))))
         assert synced[-1] == ([RULE], not default_route)
-        await net.apply(state(svc("web", "n-app", [HOST80], ep("t1", "10.0.1.2", serving=False))))
+        assert prepared == [("ns-t1", "172.30.0.2/24", ())]  # before its port was programmed
+        await net.apply(state(svc("web", "", [HOST80], ep("t1", "", serving=False))))
         assert synced[-1] == ([], False)
+        assert len(prepared) == 1  # unchanged ports: not prepared again
+    asyncio.run(scenario())
+
+
+def test_host_network_publishes_a_task_without_overlay_networks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal.agent.exec.protocol import ExecError
+    from shoal.agent.network import host as hostmod
+    from shoal.agent.network.host import HostNetwork
+
+    synced: list[list[HostPortRule]] = []
+
+    async def sync(self: HostPorts, rules: list[HostPortRule], node_addr: str, **kw: Any) -> None:
+        synced.append(list(rules))
+
+    async def ipn(netns: str | None, *args: str, **kw: Any) -> str:
+        return "[]"
+
+    async def bridge_address(netns: str) -> str:
+        return {"ns-t1": "172.30.0.2/24", "ns-t2": "172.30.0.3/24"}[netns]
+
+    prepared: list[tuple[str, tuple[int, ...]]] = []
+    failures = ["ns-t2"]
+
+    async def prepare_task(netns: str, cidr: str, udp: tuple[int, ...]) -> None:
+        if netns in failures:
+            failures.remove(netns)
+            raise ExecError("netns busy")  # retried with the next state
+        prepared.append((netns, udp))
+    monkeypatch.setattr(HostPorts, "sync", sync)
+    monkeypatch.setattr(hostmod.overlay, "ipn", ipn)
+    monkeypatch.setattr(hp, "task_bridge_address", bridge_address)
+    monkeypatch.setattr(hp, "prepare_task", prepare_task)
+
+    async def scenario() -> None:
+        net = HostNetwork(NoDns(), fallback_addr="192.168.5.1")  # type: ignore[arg-type]
+        for tid in ("t1", "t2"):
+            assert await net.attach_task(Task(id=tid), f"ns-{tid}", Path("/x")) == []
+            assert net.uses_networks(tid)
+        web = svc("web", "", [HOST80, UDP53], ep("t2", ""), ep("t1", ""))
+        await net.apply(state(web))
+        assert prepared == [("ns-t1", (53,))]
+        assert synced[-1] == [HostPortRule("tcp", 8081, ("172.30.0.2 . 80",)),
+                              HostPortRule("udp", 5353, ("172.30.0.2 . 53",))]
+        await net.apply(state(web, node_addr="192.168.5.1"))  # the same view again: t2 retried
+        assert prepared[-1] == ("ns-t2", (53,))
+        assert synced[-1][0].targets == ("172.30.0.2 . 80", "172.30.0.3 . 80")
+        await net.detach_task("t1", "ns-t1", [])
+        assert not net.uses_networks("t1")
+        assert synced[-1][0].targets == ("172.30.0.3 . 80",)
     asyncio.run(scenario())

@@ -14,6 +14,7 @@ from shoal.agent import netstate as ns
 from shoal.agent.agent import Agent
 from shoal.agent.exec.protocol import ExecError
 from shoal.agent.network import host as hostmod
+from shoal.agent.network import mesh
 from shoal.agent.network.dnsrecords import DnsRecords
 from shoal.agent.network.host import HostNetwork
 from shoal.agent.network.lb import VipService
@@ -116,6 +117,28 @@ def test_ingress_plan_has_ingress_mode_ports_and_serving_ingress_addresses() -> 
     assert plan.ports == (PublishedPort(8080, 80, "tcp"),)  # the host-mode port is not meshed
     assert plan.backends == {8080: ["10.0.0.2"]}
     assert ns.ingress_plan(state(networks=[APP])) is None
+
+
+def test_ingress_udp_ports_of_a_task_and_its_udp_reply_rules() -> None:
+    udp = PublishedPortSpec(protocol="udp", target=53, published=5353, mode="ingress")
+    s = state()
+    web_ing = msgspec_replace(s.services[1], ports=[*s.services[1].ports, udp])
+    s = state(services=[s.services[0], web_ing, s.services[2]])
+    assert ns.ingress_udp_ports(s, "t1") == (53,)
+    assert ns.ingress_udp_ports(s, "t3") == ()  # rr is not on ingress
+    assert ns.ingress_udp_ports(state(networks=[APP]), "t1") == ()
+    cmds = mesh.backend_route_commands("eth2", ["10.0.0.250", "10.0.0.251"], "10.0.0.250", (53,),
+                                       old_prefs=[0, 0x5301, 40000, 32766])
+    assert cmds == ["rule del pref 21249", "rule del pref 40000",
+                    "rule add pref 21249 fwmark 21249 lookup 21249",
+                    "route replace default via 10.0.0.250 dev eth2 table 21249",
+                    "rule add pref 21250 fwmark 21250 lookup 21250",
+                    "route replace default via 10.0.0.251 dev eth2 table 21250",
+                    # UDP replies of port 53 leave the socket via this host, then are re-routed.
+                    "route replace default via 10.0.0.250 dev eth2 table 21248",
+                    "rule add pref 40000 ipproto udp sport 53 lookup 21248"]
+    assert not [c for c in mesh.backend_route_commands("eth2", ["10.0.0.250"], "", (53,), [])
+                if "udp" in c]  # no own ingress address (a default route here): no UDP fallback
 
 
 def test_peers_leave_this_host_out() -> None:

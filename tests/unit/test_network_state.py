@@ -160,6 +160,24 @@ def test_service_endpoints_vip_dnsrr_aliases_and_serving() -> None:
     assert [(t.task_id, t.serving) for t in db.tasks] == [("d1", False)]  # starting; failed one left out
 
 
+def test_host_ports_list_this_nodes_tasks_of_host_mode_services_with_or_without_networks() -> None:
+    host80 = PortConfig(protocol="tcp", target_port=80, published_port=8081, publish_mode="host")
+    hweb = Service(id="hweb", spec=ServiceSpec(name="hweb", endpoint_spec=EndpointSpec(ports=[host80])),
+                   endpoint=Endpoint(ports=[host80]))
+    plain = [Task(id=f"h{i}", service_id="hweb", node_id=n, status=TaskStatus(state=st),
+                  desired_state=TaskState.RUNNING)
+             for i, (n, st) in enumerate([("n1", TaskState.RUNNING), ("n1", TaskState.STARTING),
+                                          ("n2", TaskState.RUNNING), ("n3", TaskState.FAILED)])]
+    got = states([INGRESS, FRONT, *NODES, WEB, DB, *TASKS, hweb, *plain])
+    (entry,) = got["n1"].host_ports
+    assert (entry.service_id, entry.name, entry.network_id, entry.vip) == ("hweb", "hweb", "", "")
+    assert [(p.published, p.target, p.mode) for p in entry.ports] == [(8081, 80, "host")]
+    assert [(t.task_id, t.address, t.serving) for t in entry.tasks] == [("h0", "", True), ("h1", "", False)]
+    assert [t.task_id for e in got["n2"].host_ports for t in e.tasks] == ["h2"]
+    assert got["n3"].host_ports == []  # its task failed
+    assert got["n1"].networks and not [s for s in got["n1"].services if s.service_id == "hweb"]
+
+
 def test_equal_stores_give_equal_states_whatever_the_order() -> None:
     objs: list[Meta] = [INGRESS, FRONT, *NODES, WEB, DB, *TASKS]
     assert states(objs) == states(list(reversed(objs)))

@@ -28,8 +28,10 @@ is skipped entirely — no forwarding, no DNAT, and the ingress bridge gets no a
 can never route or NAT toward the real uplink; tasks there still get their overlays, DNS and VIPs.
 Host-mode published ports (agent/network/hostports.py, table `shoal_hostports`) follow the same
 rule: DNAT of remote clients and forwarding only without a default route, the output hook (local
-clients) only with one. Each local task's host bridge address is read from its eth0 when it is
-attached or adopted; after every state the serving local tasks' host-mode ports are programmed.
+clients) only with one. Every local task is known here, with or without overlay networks (a
+task on none is only recorded: no process is run for it). When the state's `host_ports` first
+names a local task, its host bridge address is read from its eth0 and its reply routing
+programmed (`hostports.prepare_task`), before the serving ones' ports are published.
 """
 
 from __future__ import annotations
@@ -60,8 +62,9 @@ class _LocalTask:
     netns: str
     attachments: list[LocalAttachment]
     vips: list[lb.VipService] | None = None  # last programmed table
-    backend_hosts: tuple[str, ...] | None = None  # last ingress host list given to prepare_backend
-    bridge_addr: str = ""  # its eth0 address on the host bridge (host-mode published ports)
+    backend_key: tuple[object, ...] | None = None  # last arguments given to mesh.prepare_backend
+    bridge_cidr: str | None = None  # its eth0 "addr/len" on the host bridge, once read ("" if none)
+    reply_key: tuple[int, ...] | None = None  # UDP ports last given to hostports.prepare_task
 
     @property
     def network_ids(self) -> set[str]:
@@ -167,9 +170,11 @@ class HostNetwork:
 
     # ------------------------------------------------------------------------------- tasks
     async def attach_task(self, task: Task, netns: str, netns_path: Path) -> list[LocalAttachment]:
-        """Attach a prepared task's netns to its overlay networks; [] when it has none."""
+        """Attach a prepared task's netns to its overlay networks; [] when it has none (the task
+        is still known: host-mode published ports may name it)."""
         atts = ns.attachments_of(task)
         if not atts:
+            self._tasks.setdefault(task.id, _LocalTask(netns, [], vips=[]))
             return []
         await self._wait_state()
         async with self._lock:
@@ -179,7 +184,7 @@ class HostNetwork:
                 await self._ensure(by_id.get(att.network_id) or ns.network_of(att), state)
                 await overlay.attach(netns, att.vni, att.ifname, att.address_cidr,
                                      host_netns=self._netns)
-            local = _LocalTask(netns, atts, bridge_addr=await self._bridge_addr(netns))
+            local = _LocalTask(netns, atts)
             self._tasks[task.id] = local
             await self.dns.add_container(task.id, netns_path, local.network_ids)
             if state is not None:
@@ -189,10 +194,13 @@ class HostNetwork:
     async def adopt_task(self, task_id: str, netns: str, netns_path: Path,
                          atts: list[LocalAttachment]) -> None:
         """A running container left by a previous shoald: serve DNS and reprogram it again."""
-        if not atts or task_id in self._tasks:
+        if task_id in self._tasks:
+            return
+        if not atts:
+            self._tasks[task_id] = _LocalTask(netns, [], vips=[])
             return
         async with self._lock:
-            local = _LocalTask(netns, atts, bridge_addr=await self._bridge_addr(netns))
+            local = _LocalTask(netns, atts)
             self._tasks[task_id] = local
             await self.dns.add_container(task_id, netns_path, local.network_ids)
             if self._state is not None:
@@ -209,10 +217,11 @@ class HostNetwork:
             listed = {n.vni for n in self._state.networks} if self._state else set()
             for vni in {a.vni for a in attachments} - listed:
                 await self._remove_if_unused(vni)
-            if local is not None and self._state is not None:
+            if local is not None and local.reply_key is not None and self._state is not None:
                 await self._program_hostports(self._state)
 
     def uses_networks(self, task_id: str) -> bool:
+        """Whether this task is known here (attached or adopted; with or without overlays)."""
         return task_id in self._tasks
 
     async def _wait_state(self) -> None:
@@ -260,23 +269,43 @@ class HostNetwork:
                 await lb.program_vips(local.netns, vips)
                 local.vips = vips
             ingress = next((a for a in local.attachments if a.ingress), None)
-            hosts = tuple(state.ingress_hosts)
-            if ingress is not None and hosts != local.backend_hosts:
-                await mesh.prepare_backend(local.netns, ingress.ifname, ingress.subnet, hosts)
-                local.backend_hosts = hosts
+            if ingress is not None:
+                hosts, udp = tuple(state.ingress_hosts), ns.ingress_udp_ports(state, task_id)
+                key = (hosts, state.ingress_addr, udp)
+                if key != local.backend_key:
+                    await mesh.prepare_backend(local.netns, ingress.ifname, ingress.subnet, hosts,
+                                               own_ip=state.ingress_addr, udp_ports=udp)
+                    local.backend_key = key
         except ExecError as e:  # e.g. the netns went away under us: the next state retries
             log.warning("task %s: cannot program its load balancing: %s", task_id, e)
 
-    async def _bridge_addr(self, netns: str) -> str:
+    async def _bridge_cidr(self, netns: str) -> str:
         try:
             return await hostports.task_bridge_address(netns)
         except (ExecError, OSError, ValueError) as e:
             log.warning("netns %s: no host bridge address for host-mode ports: %s", netns, e)
             return ""
 
+    async def _prepare_reply_routing(self, state: NetworkState) -> None:
+        """Each local task a host-mode port names: its bridge address, and its reply routing."""
+        named = {t.task_id for svc in state.host_ports for t in svc.tasks}
+        for task_id in sorted(named & self._tasks.keys()):
+            local = self._tasks[task_id]
+            if local.bridge_cidr is None:
+                local.bridge_cidr = await self._bridge_cidr(local.netns)
+            udp = hostports.task_udp_ports(state, task_id)
+            if local.bridge_cidr and udp != local.reply_key:
+                try:
+                    await hostports.prepare_task(local.netns, local.bridge_cidr, udp)
+                    local.reply_key = udp
+                except ExecError as e:  # e.g. the netns went away: the next state retries
+                    log.warning("task %s: cannot program its reply routing: %s", task_id, e)
+
     async def _program_hostports(self, state: NetworkState) -> None:
         """Host-mode published ports of the serving local tasks (see agent/network/hostports.py)."""
-        local = {tid: t.bridge_addr for tid, t in self._tasks.items() if t.bridge_addr}
+        await self._prepare_reply_routing(state)
+        local = {tid: t.bridge_cidr.split("/")[0] for tid, t in self._tasks.items()
+                 if t.bridge_cidr and t.reply_key is not None}
         rules = hostports.plan(state, local)
         try:
             allowed = bool(rules) and await self.mesh_allowed()

@@ -1,10 +1,17 @@
 """Host-mode published ports (`--publish published=P,target=T,mode=host`): only on hosts running a task.
 
-For every LOCAL task that is serving (per the NetworkState) of a service publishing host-mode ports,
-the host's table `ip shoal_hostports` DNATs `ip daddr <node_addr> <proto> dport P` to the task's
-address on the host bridge (its `eth0`) port T. Tasks only have the bridge's connected route, so the
-DNATed flow is masqueraded to the bridge's gateway address on its way out (the task sees the host's
-bridge address as its client, not the real one; a reply route in the task would be needed to keep it).
+For every LOCAL task that is serving (per the NetworkState's `host_ports`: services publishing
+host-mode ports with a task on this node, on overlay networks or not) the host's table
+`ip shoal_hostports` DNATs `ip daddr <node_addr> <proto> dport P` to the task's address on the host
+bridge (its `eth0`) port T. No masquerade: the task sees the client's real address. It answers
+through the host because `prepare_task` gives its netns reply routing (table `ip shoal_hostreply`):
+a new connection arriving on eth0 from outside the bridge subnet gets ct mark `REPLY_MARK`, the mark
+is copied onto the replies (the SYN-ACK's route: `tcp_fwmark_accept`), and mark `REPLY_MARK` routes
+via the bridge's gateway (the host), whose conntrack undoes the DNAT. An unconnected UDP socket
+routes its reply before any hook sees it, and the task has no route to the client: so a UDP
+published target port T also gets `ipproto udp sport T` → the same table, consulted after the main
+table (only what main cannot route). Anything else the task sends off its subnet still finds no route;
+the host's forward filter would drop it in any case.
 
 Pure parts: `plan(state, local)` (which rules) and `render(...)` (the nft script that atomically
 replaces the table). `HostPorts` (used by agent/network/host.py) applies a plan: one `nft -f` per
@@ -35,7 +42,10 @@ from shoal.api.protocol import NetworkState
 log = logging.getLogger("shoal.agent.network")
 
 TABLE = "shoal_hostports"
+TASK_TABLE = "shoal_hostreply"
 TASK_IFNAME = "eth0"  # every task's interface on the host bridge (agent/network/bridge.py)
+REPLY_MARK = 0x5200  # ct mark / fwmark / routing table / rule pref of replies via the host bridge
+UDP_RULE_PREF = 41000  # + i: `ipproto udp sport T lookup REPLY_MARK`, after main (32766)
 
 
 @dataclass(frozen=True, order=True)
@@ -50,11 +60,11 @@ class HostPortRule:
 def plan(state: NetworkState, local: Mapping[str, str]) -> list[HostPortRule]:
     """The rules of this host: `local` maps each local task's ID to its host bridge address.
 
-    A task counts when it is serving in some service entry of `state` (a service is listed once per
-    network it is on: entries are merged) and has a bridge address; ports of mode "host" with a
-    published port and protocol tcp/udp only. Sorted by (protocol, published port)."""
+    A task counts when it is serving in a `state.host_ports` entry and has a bridge address; ports
+    of mode "host" with a published port and protocol tcp/udp only. Sorted by (protocol, published
+    port)."""
     found: dict[tuple[str, int], set[str]] = {}
-    for svc in state.services:
+    for svc in state.host_ports:
         ports = [p for p in svc.ports if p.mode == "host" and p.published and p.protocol in ("tcp", "udp")]
         if not ports:
             continue
@@ -74,15 +84,6 @@ def _dnat(rule: HostPortRule, node_addr: str) -> str:
     return f"    {match} dnat ip addr . port to {numgen_map(rule.targets)}"
 
 
-def _snat(rules: Sequence[HostPortRule]) -> list[str]:
-    out = []
-    for rule in rules:
-        for target in rule.targets:
-            addr, port = target.split(" . ")
-            out.append(f"    ct status dnat ip daddr {addr} {rule.protocol} dport {port} masquerade")
-    return out
-
-
 def render(rules: Sequence[HostPortRule], node_addr: str, *, forward_bridge: str | None) -> str:
     """The nft script replacing table `ip shoal_hostports` (only deleting it when `rules` is empty).
 
@@ -92,8 +93,7 @@ def render(rules: Sequence[HostPortRule], node_addr: str, *, forward_bridge: str
     if not rules:
         return head
     dnat = [_dnat(r, node_addr) for r in rules]
-    lines = ["  chain dnat_local { type nat hook output priority -100; policy accept;", *dnat, "  }",
-             "  chain masq { type nat hook postrouting priority 100; policy accept;", *_snat(rules), "  }"]
+    lines = ["  chain dnat_local { type nat hook output priority -100; policy accept;", *dnat, "  }"]
     if forward_bridge is not None:
         br = f'"{forward_bridge}"'
         lines += ["  chain dnat_in { type nat hook prerouting priority -100; policy accept;", *dnat, "  }",
@@ -119,13 +119,57 @@ def device_with(addrs: Iterable[dict[str, Any]], address: str, *, subnet: bool) 
 
 
 async def task_bridge_address(netns: str) -> str:
-    """The task's address on the host bridge (its eth0), "" when it has none."""
+    """The task's address on the host bridge (its eth0) as "addr/prefixlen", "" when it has none."""
     out = await ipn(netns, "-j", "-4", "addr", "show", "dev", TASK_IFNAME, check=False)
     for link in json.loads(out or "[]"):
         for a in link.get("addr_info", []):
             if a.get("local"):
-                return str(a["local"])
+                return f"{a['local']}/{a.get('prefixlen', 32)}"
     return ""
+
+
+def task_udp_ports(state: NetworkState, task_id: str) -> tuple[int, ...]:
+    """The UDP target ports `task_id` serves through host-mode published ports (sorted)."""
+    return tuple(sorted({p.target for svc in state.host_ports if any(t.task_id == task_id for t in svc.tasks)
+                         for p in svc.ports if p.mode == "host" and p.published and p.protocol == "udp"}))
+
+
+def render_task(subnet: str) -> str:
+    """The nft script of a task's netns: mark connections from off the bridge subnet, and their replies."""
+    mark = f"0x{REPLY_MARK:x}"
+    lines = [
+        "  chain mark_in { type filter hook prerouting priority -150; policy accept;",
+        f'    iifname "{TASK_IFNAME}" ct state new ip saddr != {subnet} ct mark set {mark}',
+        f"    ct mark {mark} meta mark set ct mark",  # with tcp_fwmark_accept: the SYN-ACK's route
+        "  }",
+        "  chain mark_reply { type route hook output priority -150; policy accept;",
+        f"    ct mark {mark} meta mark set ct mark", "  }"]
+    body = "\n".join(lines)
+    return f"table ip {TASK_TABLE}\ndelete table ip {TASK_TABLE}\ntable ip {TASK_TABLE} {{\n{body}\n}}\n"
+
+
+def task_route_commands(gateway: str, udp_ports: Sequence[int], old_prefs: Iterable[int]) -> list[str]:
+    """`ip -batch` lines for a task's reply routing (idempotent given its current rule prefs)."""
+    cmds = [f"rule del pref {p}" for p in sorted(set(old_prefs))
+            if p == REPLY_MARK or UDP_RULE_PREF <= p < UDP_RULE_PREF + 0x1000]
+    cmds += [f"rule add pref {REPLY_MARK} fwmark {REPLY_MARK} lookup {REPLY_MARK}",
+             f"route replace default via {gateway} dev {TASK_IFNAME} table {REPLY_MARK}"]
+    cmds += [f"rule add pref {UDP_RULE_PREF + i} ipproto udp sport {port} lookup {REPLY_MARK}"
+             for i, port in enumerate(udp_ports)]
+    return cmds
+
+
+async def prepare_task(netns: str, bridge_cidr: str, udp_ports: Sequence[int]) -> None:
+    """Give task netns `netns` (eth0 at `bridge_cidr` on the host bridge, whose gateway is the
+    subnet's first address) the reply routing of host-mode published ports; idempotent."""
+    iface = ipaddress.IPv4Interface(bridge_cidr)
+    gateway = str(iface.network.network_address + 1)  # agent/network/ipam.py: the bridge's address
+    await run(in_netns(netns, ["nft", "-f", "-"]), stdin=render_task(str(iface.network)))
+    rules = json.loads(await ipn(netns, "-j", "rule", "show") or "[]")
+    cmds = task_route_commands(gateway, udp_ports, (int(r.get("priority", 0)) for r in rules))
+    await ipn(netns, "-batch", "-", stdin="\n".join(cmds) + "\n")
+    await sysctl(netns, f"net.ipv4.conf.{TASK_IFNAME}.rp_filter", "0")
+    await sysctl(netns, "net.ipv4.tcp_fwmark_accept", "1")
 
 
 class HostPorts:

@@ -34,17 +34,20 @@ drops anything else routed from or to those two interfaces — so the mesh is no
 overlays or from the underlay into a task. A published port with no running task is rejected
 (TCP reset) by the entry host.
 
-Limits: TCP is what is exercised (tests/integration/test_overlay_datapath.py). A UDP reply is routed
-by the socket before the output hook can mark it, and the task has no route to the client, so UDP
-published ports would need a fallback route in the task (e.g. via its own host's ingress address,
-then re-routed by `mark_reply`); not done.
+UDP: an unconnected UDP socket routes its reply before any hook sees it, and the task has no
+route to the client. So each UDP target port T of the task's ingress-published ports also gets a
+rule after the main table, `ipproto udp sport T lookup MARK_BASE`, whose table routes via the
+task's own host's ingress address: the reply leaves the socket with the task's ingress address as
+source, conntrack finds the connection (and its ct mark), `mark_reply` sets the mark and the packet
+is routed again, now via the entry host. A UDP packet of that port to anyone else reaches only the
+own host, whose forward filter drops it. Tested in tests/integration/test_udp_ports.py.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from shoal.agent.network.lb import numgen_map
@@ -53,6 +56,7 @@ from shoal.agent.network.overlay import bridge_name, in_netns, ipn, mac_for, run
 HOST_TABLE = "shoal_ingress"
 TASK_TABLE = "shoal_mesh"
 MARK_BASE = 0x5300  # entry host k (1-based index in the host list) -> ct mark / table / rule pref
+UDP_RULE_PREF = 40000  # + i: `ipproto udp sport T lookup MARK_BASE` (UDP replies), after main
 
 
 @dataclass(frozen=True)
@@ -143,21 +147,36 @@ def render_task(ifname: str, subnet: str, host_ips: Sequence[str]) -> str:
     return f"table ip {TASK_TABLE}\ndelete table ip {TASK_TABLE}\ntable ip {TASK_TABLE} {{\n{body}\n}}\n"
 
 
-async def prepare_backend(netns: str, ifname: str, subnet: str, host_ips: Sequence[str]) -> None:
-    """Make task netns `netns` (on ingress as `ifname`) answer mesh clients via their entry host.
-
-    `host_ips`: every host's ingress address, in one order shared by the whole cluster (host k is
-    `host_ips[k-1]`); call again when it changes. Idempotent.
-    """
-    net = ipaddress.IPv4Network(subnet, strict=True)
-    await run(in_netns(netns, ["nft", "-f", "-"]), stdin=render_task(ifname, str(net), host_ips))
-    rules = json.loads(await ipn(netns, "-j", "rule", "show") or "[]")
-    cmds = [f"rule del pref {r['priority']}" for r in rules
-            if MARK_BASE < int(r.get("priority", 0)) <= MARK_BASE + 0xFFF]
+def backend_route_commands(ifname: str, host_ips: Sequence[str], own_ip: str, udp_ports: Sequence[int],
+                           old_prefs: Iterable[int]) -> list[str]:
+    """`ip -batch` lines for a backend task's reply routing (idempotent given its rule prefs)."""
+    cmds = [f"rule del pref {p}" for p in sorted(set(old_prefs))
+            if MARK_BASE < p <= MARK_BASE + 0xFFF or UDP_RULE_PREF <= p < UDP_RULE_PREF + 0x1000]
     for k, h in enumerate(host_ips, 1):
         mark = MARK_BASE + k
         cmds += [f"rule add pref {mark} fwmark {mark} lookup {mark}",
                  f"route replace default via {h} dev {ifname} table {mark}"]
+    if own_ip and udp_ports:
+        cmds.append(f"route replace default via {own_ip} dev {ifname} table {MARK_BASE}")
+        cmds += [f"rule add pref {UDP_RULE_PREF + i} ipproto udp sport {port} lookup {MARK_BASE}"
+                 for i, port in enumerate(udp_ports)]
+    return cmds
+
+
+async def prepare_backend(netns: str, ifname: str, subnet: str, host_ips: Sequence[str], *,
+                          own_ip: str = "", udp_ports: Sequence[int] = ()) -> None:
+    """Make task netns `netns` (on ingress as `ifname`) answer mesh clients via their entry host.
+
+    `host_ips`: every host's ingress address, in one order shared by the whole cluster (host k is
+    `host_ips[k-1]`); `own_ip`: this host's ingress address and `udp_ports` the task's UDP target
+    ports published through the mesh (see the module docstring); call again when they change.
+    Idempotent.
+    """
+    net = ipaddress.IPv4Network(subnet, strict=True)
+    await run(in_netns(netns, ["nft", "-f", "-"]), stdin=render_task(ifname, str(net), host_ips))
+    rules = json.loads(await ipn(netns, "-j", "rule", "show") or "[]")
+    cmds = backend_route_commands(ifname, host_ips, own_ip, udp_ports,
+                                  (int(r.get("priority", 0)) for r in rules))
     if cmds:
         await ipn(netns, "-batch", "-", stdin="\n".join(cmds) + "\n")
     await sysctl(netns, f"net.ipv4.conf.{ifname}.rp_filter", "0")

@@ -16,6 +16,10 @@ Semantics (what the agent gets):
   services publishing ingress ports): endpoint mode, VIP on that network (none in dnsrr), the
   spec's aliases on that network, Endpoint.Ports, and its tasks that hold an address on that
   network, are on a node and are not terminal, with `serving` = running and desired running.
+- host_ports: every service publishing a host-mode port with an active task on this node, on or
+  off overlay networks (network_id "", no VIP, no aliases): Endpoint.Ports and this node's active
+  tasks (address "", `serving` as above). The agent publishes the ports at its tasks' host bridge
+  addresses (agent/network/hostports.py).
 """
 
 from __future__ import annotations
@@ -92,6 +96,8 @@ class NetworkIndex:
         self.ingress_used = ingress_id is not None and any(
             s.endpoint is not None and ingress_ports(s.endpoint.ports) for s in services)
         self.services_on: dict[str, list[Service]] = defaultdict(list)
+        self.host_mode = {s.id: s for s in services if s.endpoint is not None
+                          and any(p.publish_mode == "host" for p in s.endpoint.ports or ())}
         for svc in services:
             for net_id in dict.fromkeys(service_network_ids(svc, ingress_id)):
                 self.services_on[net_id].append(svc)
@@ -115,8 +121,8 @@ class NetworkIndex:
     def state_for(self, node_id: str) -> NetworkState:
         node = self.nodes.get(node_id)
         node_addr = node.status.addr if node is not None else ""
-        net_ids = {net_id for t in self._view.tasks_of_node(node_id) if _on_node(t)
-                   for net_id, _, _ in _addresses(t)}
+        local = [t for t in self._view.tasks_of_node(node_id) if _on_node(t)]
+        net_ids = {net_id for t in local for net_id, _, _ in _addresses(t)}
         overlays = {n.id: o for n in self._attached(net_ids) if (o := _overlay(n)) is not None}
         in_ingress = self.ingress is not None and self.ingress.id in overlays
         return NetworkState(
@@ -125,7 +131,23 @@ class NetworkIndex:
             networks=[overlays[k] for k in sorted(overlays)],
             peers={k: self._peers(k, node_id) for k in sorted(overlays)},
             ingress_hosts=self._ingress_hosts() if in_ingress else [],
-            services=[e for k in sorted(overlays) for e in self._service_endpoints(k)])
+            services=[e for k in sorted(overlays) for e in self._service_endpoints(k)],
+            host_ports=self._host_ports(local))
+
+    def _host_ports(self, local: list[Task]) -> list[ServiceEndpoints]:
+        by_service: dict[str, list[TaskEndpoint]] = defaultdict(list)
+        for t in sorted(local, key=lambda t: t.id):
+            if t.service_id in self.host_mode:
+                serving = t.status.state == TaskState.RUNNING and t.desired_state == TaskState.RUNNING
+                by_service[t.service_id].append(TaskEndpoint(task_id=t.id, node_id=t.node_id,
+                                                             address="", serving=serving))
+        out = []
+        for svc_id in sorted(by_service):
+            svc = self.host_mode[svc_id]
+            ports = svc.endpoint.ports if svc.endpoint is not None else None
+            out.append(ServiceEndpoints(service_id=svc_id, name=svc.spec.name, network_id="",
+                                        endpoint_mode="", ports=_ports(ports), tasks=by_service[svc_id]))
+        return out
 
     def _attached(self, net_ids: set[str]) -> list[Network]:
         nets = [self.networks[n] for n in sorted(net_ids) if n in self.networks]
