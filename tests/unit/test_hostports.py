@@ -83,17 +83,19 @@ def test_plan_is_empty_without_local_serving_tasks_or_host_ports() -> None:
 RULE = HostPortRule("tcp", 8081, ("172.30.0.2 . 80",))
 
 
-def test_render_with_a_default_route_has_the_output_hook_only() -> None:
-    script = hp.render([RULE], "192.168.5.1", forward_bridge=None)
+def test_render_with_a_default_route_serves_local_clients_and_forwards_nothing() -> None:
+    script = hp.render([RULE], "192.168.5.1", bridge="shb-abc", remote=False)
     assert script.startswith("table ip shoal_hostports\ndelete table ip shoal_hostports\n")
     assert "hook output" in script
     assert "ip daddr 192.168.5.1 tcp dport 8081 dnat ip to 172.30.0.2:80" in script
     assert "masquerade" not in script and "snat" not in script  # the task sees the client
-    assert "prerouting" not in script and "forward" not in script
+    assert "prerouting" not in script and "ct status dnat accept" not in script
+    assert 'iifname "shb-abc" drop' in script and 'oifname "shb-abc" drop' in script
+    assert "forward" not in hp.render([RULE], "192.168.5.1", bridge=None, remote=False)
 
 
 def test_render_without_a_default_route_serves_remote_clients_through_a_filter() -> None:
-    script = hp.render([RULE], "192.168.5.1", forward_bridge="shb-abc")
+    script = hp.render([RULE], "192.168.5.1", bridge="shb-abc", remote=True)
     assert script.count("ip daddr 192.168.5.1 tcp dport 8081 dnat ip to 172.30.0.2:80") == 2
     assert "hook prerouting" in script and "hook forward" in script
     assert 'iifname "shb-abc" drop' in script and 'oifname "shb-abc" drop' in script
@@ -102,10 +104,10 @@ def test_render_without_a_default_route_serves_remote_clients_through_a_filter()
 
 def test_render_balances_several_local_tasks_and_empty_only_deletes() -> None:
     rule = HostPortRule("tcp", 8081, ("172.30.0.2 . 80", "172.30.0.3 . 80"))
-    script = hp.render([rule], "192.168.5.1", forward_bridge=None)
+    script = hp.render([rule], "192.168.5.1", bridge=None, remote=False)
     balanced = "numgen inc mod 2 map { 0 : 172.30.0.2 . 80, 1 : 172.30.0.3 . 80 }"
     assert f"dnat ip addr . port to {balanced}" in script
-    assert hp.render([], "192.168.5.1", forward_bridge="x") == \
+    assert hp.render([], "192.168.5.1", bridge="x", remote=True) == \
         "table ip shoal_hostports\ndelete table ip shoal_hostports\n"
 
 
@@ -171,7 +173,8 @@ def test_sync_with_a_default_route_never_forwards(monkeypatch: pytest.MonkeyPatc
         ports = HostPorts(None)
         await ports.sync([RULE], "192.168.5.1", forward_allowed=False, mesh_dev=None)
         assert len(fake.scripts) == 1 and "prerouting" not in fake.scripts[0]
-        assert "forward" not in fake.scripts[0] and fake.sysctls == []
+        assert "ct status dnat accept" not in fake.scripts[0] and 'iifname "shb-x" drop' in fake.scripts[0]
+        assert fake.sysctls == []
         assert await hp.task_bridge_address("t-ns") == "172.30.0.2/24"
     asyncio.run(scenario())
 

@@ -137,9 +137,10 @@ class CrunExecutor:
             return await self.wait(task.id)
         cs = task.spec.container_spec or ContainerSpec()
         watcher = self._watchers.get(task.id) or self._watch(task.id, info.pid)
-        if self._network is not None and netstate.attachments_of(task):
-            # Drain: the manager's NetworkState, which took this task out of every VIP table
-            # and DNS as soon as its desired state passed RUNNING, reaches every host first.
+        if self._network is not None and (netstate.attachments_of(task) or self._network.publishes(task.id)):
+            # Drain: the manager's NetworkState, which took this task out of every VIP table,
+            # DNS and the host-mode ports as soon as its desired state passed RUNNING, reaches
+            # every host first.
             await asyncio.sleep(lb.DRAIN_DELAY)
         grace = STOP_GRACE_PERIOD_NS if cs.stop_grace_period is None else cs.stop_grace_period
         await self._rt.kill(task.id, parse_signal(cs.stop_signal))

@@ -220,6 +220,11 @@ class HostNetwork:
             if local is not None and local.reply_key is not None and self._state is not None:
                 await self._program_hostports(self._state)
 
+    def publishes(self, task_id: str) -> bool:
+        """Whether a host-mode published port has named this task (so it is drained before it stops)."""
+        local = self._tasks.get(task_id)
+        return local is not None and local.reply_key is not None
+
     def uses_networks(self, task_id: str) -> bool:
         """Whether this task is known here (attached or adopted; with or without overlays)."""
         return task_id in self._tasks
@@ -271,10 +276,11 @@ class HostNetwork:
             ingress = next((a for a in local.attachments if a.ingress), None)
             if ingress is not None:
                 hosts, udp = tuple(state.ingress_hosts), ns.ingress_udp_ports(state, task_id)
-                key = (hosts, state.ingress_addr, udp)
+                own = state.ingress_addr if await self.mesh_allowed() else ""  # no mesh: no UDP route
+                key = (hosts, own, udp)
                 if key != local.backend_key:
                     await mesh.prepare_backend(local.netns, ingress.ifname, ingress.subnet, hosts,
-                                               own_ip=state.ingress_addr, udp_ports=udp)
+                                               own_ip=own, udp_ports=udp)
                     local.backend_key = key
         except ExecError as e:  # e.g. the netns went away under us: the next state retries
             log.warning("task %s: cannot program its load balancing: %s", task_id, e)

@@ -22,8 +22,9 @@ SAFETY — the same rule as the routing mesh (host.py): in a namespace WITHOUT a
 hosts, test namespaces) remote clients are served: a prerouting DNAT, `conf.<underlay>.forwarding`
 and `conf.<host bridge>.forwarding` (never `ip_forward`/`conf.all`), and a forward filter that lets
 only DNATed flows be routed from or to the host bridge. In a namespace WITH a default route (a real
-machine's root namespace) only the output hook is programmed: local clients reach the task, nothing
-is forwarded or NATed toward the uplink.
+machine's root namespace) only the output hook is programmed (local clients reach the task) and the
+forward filter routes nothing at all from or to the host bridge (should the machine forward, with
+`ip_forward=1`): nothing is forwarded or NATed toward the uplink.
 """
 
 from __future__ import annotations
@@ -84,21 +85,23 @@ def _dnat(rule: HostPortRule, node_addr: str) -> str:
     return f"    {match} dnat ip addr . port to {numgen_map(rule.targets)}"
 
 
-def render(rules: Sequence[HostPortRule], node_addr: str, *, forward_bridge: str | None) -> str:
+def render(rules: Sequence[HostPortRule], node_addr: str, *, bridge: str | None, remote: bool) -> str:
     """The nft script replacing table `ip shoal_hostports` (only deleting it when `rules` is empty).
 
-    `forward_bridge`: the host bridge, when remote clients may be served (no default route here):
-    adds the prerouting DNAT and the forward filter; None: the output hook only."""
+    Always the output-hook DNAT (local clients) and, given the host `bridge`, a forward filter that
+    routes nothing from or to it. `remote` (no default route here): also the prerouting DNAT, and
+    the filter passes DNATed flows."""
     head = f"table ip {TABLE}\ndelete table ip {TABLE}\n"
     if not rules:
         return head
     dnat = [_dnat(r, node_addr) for r in rules]
     lines = ["  chain dnat_local { type nat hook output priority -100; policy accept;", *dnat, "  }"]
-    if forward_bridge is not None:
-        br = f'"{forward_bridge}"'
-        lines += ["  chain dnat_in { type nat hook prerouting priority -100; policy accept;", *dnat, "  }",
-                  "  chain route_filter { type filter hook forward priority 0; policy accept;",
-                  f"    iifname {br} oifname {br} accept", "    ct status dnat accept",
+    if remote:
+        lines += ["  chain dnat_in { type nat hook prerouting priority -100; policy accept;", *dnat, "  }"]
+    if bridge is not None:
+        br = f'"{bridge}"'
+        lines += ["  chain route_filter { type filter hook forward priority 0; policy accept;",
+                  f"    iifname {br} oifname {br} accept", *(["    ct status dnat accept"] if remote else []),
                   f"    iifname {br} drop", f"    oifname {br} drop", "  }"]
     body = "\n".join(lines)
     return f"{head}table ip {TABLE} {{\n{body}\n}}\n"
@@ -178,39 +181,40 @@ class HostPorts:
     def __init__(self, netns: str | None) -> None:
         self._netns = netns
         self._key: tuple[object, ...] | None = None
-        self._forwarding: tuple[str, str] | None = None  # (underlay dev, bridge) set to forward
+        self._forwarding: tuple[str | None, str | None] | None = None  # (underlay, bridge) forwarding
 
     async def sync(self, rules: Sequence[HostPortRule], node_addr: str, *, forward_allowed: bool,
                    mesh_dev: str | None) -> None:
-        """Program `rules` (idempotent). `mesh_dev`: the underlay device the routing mesh forwards
-        on (its forwarding is left on when this table stops needing it)."""
+        """Program `rules` (idempotent). `forward_allowed`: remote clients may be served (no default
+        route here). `mesh_dev`: the underlay device the routing mesh forwards on (its forwarding
+        is left on when this table stops needing it)."""
         rules = list(rules) if node_addr else []
-        devs = await self._devices(rules, node_addr) if rules and forward_allowed else None
-        key = (tuple(rules), node_addr, devs, mesh_dev)
+        underlay, bridge = await self._devices(rules, node_addr) if rules else (None, None)
+        devs = (underlay, bridge) if forward_allowed and underlay and bridge else None
+        if rules and forward_allowed and devs is None:
+            log.warning("host-mode ports: no underlay (%s) or host bridge (%s) found: local clients only",
+                        underlay, bridge)
+        key = (tuple(rules), node_addr, bridge, devs, mesh_dev)
         if key == self._key or (not rules and self._key is None):
             return  # unchanged, or nothing ever programmed by this process
         await run(in_netns(self._netns, ["nft", "-f", "-"]),
-                  stdin=render(rules, node_addr, forward_bridge=devs[1] if devs else None))
+                  stdin=render(rules, node_addr, bridge=bridge, remote=devs is not None))
         await self._set_forwarding(devs, mesh_dev)
         self._key = key
 
     async def clear(self, *, mesh_dev: str | None) -> None:
         await self.sync([], "", forward_allowed=False, mesh_dev=mesh_dev)
 
-    async def _devices(self, rules: Sequence[HostPortRule], node_addr: str) -> tuple[str, str] | None:
+    async def _devices(self, rules: Sequence[HostPortRule], node_addr: str) -> tuple[str | None, str | None]:
+        """(the device holding `node_addr`, the host bridge: the device on the first target's subnet)."""
         addrs = json.loads(await ipn(self._netns, "-j", "-4", "addr", "show") or "[]")
-        underlay = device_with(addrs, node_addr, subnet=False)
-        bridge = device_with(addrs, rules[0].targets[0].split(" . ")[0], subnet=True)
-        if underlay is None or bridge is None:
-            log.warning("host-mode ports: no underlay (%s) or host bridge (%s) found: local clients only",
-                        underlay, bridge)
-            return None
-        return underlay, bridge
+        return (device_with(addrs, node_addr, subnet=False),
+                device_with(addrs, rules[0].targets[0].split(" . ")[0], subnet=True))
 
-    async def _set_forwarding(self, devs: tuple[str, str] | None, mesh_dev: str | None) -> None:
-        for dev in set(self._forwarding or ()) - set(devs or ()) - {mesh_dev}:
+    async def _set_forwarding(self, devs: tuple[str | None, str | None] | None, mesh_dev: str | None) -> None:
+        for dev in set(self._forwarding or ()) - set(devs or ()) - {mesh_dev, None}:
             await sysctl(self._netns, f"net.ipv4.conf.{dev}.forwarding", "0")
-        if devs is not None:
-            for dev in devs:
+        for dev in devs or ():
+            if dev is not None:
                 await sysctl(self._netns, f"net.ipv4.conf.{dev}.forwarding", "1")
         self._forwarding = devs
