@@ -94,7 +94,13 @@ def env() -> Iterator[Env]:
                 states = [(t["Slot"], t["DesiredState"], t["Status"]["State"], t["Status"].get("Err"))
                           for t in tasks(lab, name)]
                 raise AssertionError(f"{e}; tasks of {name}: {states}\n{lab.logs_tail()}") from None
-        yield Env(lab, front, back, hostnames(lab))
+        env = Env(lab, front, back, hostnames(lab))
+        # Running as the manager sees it; the mesh, DNS and VIP tables follow from the NetworkState.
+        for host in lab.hosts:
+            wait_for(lambda h=host: curl(env, "node1", mesh_url(env, h)).returncode == 0, 30,
+                     f"{host}:{PUBLISHED} answering through the mesh")
+        wait_for(lambda: fetch_in(client(env), "http://web/").returncode == 0, 30, "web answering its VIP")
+        yield env
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -210,6 +216,9 @@ def test_published_port_on_every_host_reaches_every_replica(env: Env) -> None:
     want = set(web_hostnames(env))
     for client_host, entry in (("node1", "node1"), ("node1", "node2"), ("node1", "node3"),
                                ("node2", "node3"), ("node3", "node1")):
+        # The mesh is programmed from the NetworkState after the tasks run: wait for its first answer.
+        wait_for(lambda c=client_host, e=entry: curl(env, c, mesh_url(env, e)).returncode == 0, 30,
+                 f"{entry}:{PUBLISHED} answering {client_host}")
         seen, n = seen_within(lambda c=client_host, e=entry: get_from_host(env, c, mesh_url(env, e)), want)
         assert seen == want, f"{client_host} -> {entry}:{PUBLISHED}: saw {seen} in {n} requests"
 
