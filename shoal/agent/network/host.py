@@ -145,7 +145,8 @@ class HostNetwork:
             for net in state.networks:
                 await self._ensure(net, state)
             for task_id, local in list(self._tasks.items()):
-                await self._program_task(task_id, local, state)
+                if local.attachments:  # a task on no overlay has no VIP table nor mesh routing
+                    await self._program_task(task_id, local, state)
             await self._program_mesh(state)
             await self._program_hostports(state)
             listed = {n.vni for n in state.networks}
