@@ -81,6 +81,17 @@ def wait_running(lab: Lab, service: str, count: int, timeout: float = 60) -> Cou
     return result
 
 
+def wait_all_running(lab: Lab, counts: dict[str, int], timeout: float = 60) -> None:
+    """wait_running for each service; on failure, its tasks' states and the hosts' log tails."""
+    for name, count in counts.items():
+        try:
+            wait_running(lab, name, count, timeout)
+        except AssertionError as e:
+            states = [(t["Slot"], t["DesiredState"], t["Status"]["State"], t["Status"].get("Err"))
+                      for t in tasks(lab, name)]
+            raise AssertionError(f"{e}; tasks of {name}: {states}\n{lab.logs_tail()}") from None
+
+
 def update_node(lab: Lab, hostname: str, **spec_changes: Any) -> None:
     node = lab.api("node1", "GET", f"{V}/nodes/{node_id(lab, hostname)}").json()
     spec = {**node["Spec"], **spec_changes}

@@ -43,6 +43,7 @@ from tests.cluster import (
     task_address,
     task_pid,
     tasks,
+    wait_all_running,
     wait_running,
 )
 from tests.daemon import instance_tag, wait_for
@@ -87,13 +88,7 @@ def env() -> Iterator[Env]:
         create_spec(lab, service_spec("rr", SLEEP, replicas=3, networks=[front], endpoint_mode="dnsrr"))
         create_spec(lab, service_spec("iso", SLEEP, networks=[back],
                                       placement={"Constraints": ["node.hostname==node2"]}))
-        for name, count in (("web", 3), ("client", 1), ("rr", 3), ("iso", 1)):
-            try:
-                wait_running(lab, name, count)
-            except AssertionError as e:
-                states = [(t["Slot"], t["DesiredState"], t["Status"]["State"], t["Status"].get("Err"))
-                          for t in tasks(lab, name)]
-                raise AssertionError(f"{e}; tasks of {name}: {states}\n{lab.logs_tail()}") from None
+        wait_all_running(lab, {"web": 3, "client": 1, "rr": 3, "iso": 1})
         env = Env(lab, front, back, hostnames(lab))
         # Running as the manager sees it; the mesh, DNS and VIP tables follow from the NetworkState.
         for host in lab.hosts:

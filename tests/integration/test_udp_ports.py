@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster import create_spec, remove, running_tasks, task_pid, tasks, wait_running
+from tests.cluster import create_spec, remove, running_tasks, task_pid, tasks, wait_all_running
 from tests.daemon import wait_for
 from tests.lab import Lab, require_lab_host
 
@@ -88,13 +88,7 @@ def env() -> Iterator[Env]:
         create_spec(lab, spec("uhost", image="udpecho:test", args=None, replicas=1,
                               port=port("udp", HOST_UDP, ECHO_PORT, "host"),
                               placement={"Constraints": ["node.hostname==node3"]}))
-        for name, count in (("uecho", 3), ("hweb", 1), ("uhost", 1)):
-            try:
-                wait_running(lab, name, count)
-            except AssertionError as e:
-                states = [(t["Slot"], t["DesiredState"], t["Status"]["State"], t["Status"].get("Err"))
-                          for t in tasks(lab, name)]
-                raise AssertionError(f"{e}; tasks of {name}: {states}\n{lab.logs_tail()}") from None
+        wait_all_running(lab, {"uecho": 3, "hweb": 1, "uhost": 1})
         yield Env(lab)
 
 
