@@ -182,6 +182,18 @@ def test_a_task_has_a_route_off_its_networks_only_for_replies_of_its_published_u
         assert reply.returncode == 0 and " via " in reply.stdout, (service, reply.stdout, reply.stderr)
 
 
+def test_after_its_host_dies_and_returns_the_host_mode_port_answers_again(env: Env) -> None:
+    (before,) = running_tasks(env.lab, "uhost")
+    env.lab.stop("node3", kill=True)  # shoald and its containers die
+    env.lab.start("node3")
+    wait_for(lambda: [t["ID"] for t in running_tasks(env.lab, "uhost")] not in ([], [before["ID"]]), 90,
+             "a new uhost task running on node3")
+    (name,) = task_hostnames(env, "uhost")
+    got = wait_for(lambda: next((line for line in udp(env, "node1", "node3", HOST_UDP, 2)
+                                 if not line.startswith("ERR")), None), 30, f"node3:{HOST_UDP}/udp answering")
+    assert got == f"{name} {env.lab.address('node1')}", got
+
+
 def test_afterwards_no_host_port_table_or_rule_is_left(env: Env) -> None:
     for name in ("uecho", "hweb", "uhost"):
         remove(env.lab, name)
