@@ -28,6 +28,8 @@ from typing import Any
 
 import httpx
 
+from shoal.lab.host import kill_containers
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUSYBOX_TAR = REPO_ROOT / "build" / "images" / "busybox.tar"
 SHOALD = Path(sys.executable).parent / "shoald"
@@ -245,12 +247,8 @@ def _run(*args: str) -> str:
 
 def cleanup_host(tag: str, data_root: Path) -> None:
     """Remove the containers, mounts, netns, cgroups and bridge of instance `tag`."""
-    crun_root = f"/run/shoal/crun-{tag}"
-    if Path(crun_root).is_dir():
-        for line in _run("crun", "--root", crun_root, "list", "-q").split():
-            _run("crun", "--root", crun_root, "kill", line, "KILL")
-            _run("crun", "--root", crun_root, "delete", "--force", line)
-        shutil.rmtree(crun_root, ignore_errors=True)
+    kill_containers(tag)  # and any crun call its shoald left running
+    shutil.rmtree(f"/run/shoal/crun-{tag}", ignore_errors=True)
     for mount in reversed(mounts_under(data_root)):
         _run("umount", "-l", mount)
     for ns in netns_of(tag):

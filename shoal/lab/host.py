@@ -105,6 +105,10 @@ def stop(lab: str, host: HostState, *, kill: bool = False) -> None:
 def kill_containers(tag: str) -> None:
     """SIGKILL and delete every container of shoald instance `tag` (crun state /run/shoal/crun-I)."""
     root = f"/run/shoal/crun-{tag}"
+    # A shoald killed mid-call leaves its crun child running, which could recreate the state
+    # directory after it is removed: those go first (this instance's, by their private --root).
+    for pid in procs.pids_with_option("--root", root):
+        procs.stop(pid, kill=True, timeout=5.0)
     if not Path(root).is_dir() or shutil.which("crun") is None:
         return
     for cid in run(["crun", "--root", root, "list", "-q"], check=False).split():
