@@ -137,14 +137,18 @@ def ingress_plan(state: NetworkState) -> IngressPlan | None:
     return IngressPlan(ingress, ordered, backends)
 
 
-def ingress_udp_ports(state: NetworkState, task_id: str) -> tuple[int, ...]:
-    """The UDP target ports `task_id` serves through the routing mesh (sorted)."""
+def ingress_udp_ports(state: NetworkState) -> dict[str, tuple[int, ...]]:
+    """Task ID -> the UDP target ports it serves through the routing mesh (sorted); only tasks
+    that serve some."""
     ingress = ingress_network(state)
-    if ingress is None:
-        return ()
-    return tuple(sorted({p.target for svc in state.services if svc.network_id == ingress.network_id
-                         and any(t.task_id == task_id for t in svc.tasks)
-                         for p in svc.ports if p.mode == "ingress" and p.published and p.protocol == "udp"}))
+    found: dict[str, set[int]] = {}
+    for svc in state.services:
+        if ingress is None or svc.network_id != ingress.network_id:
+            continue
+        udp = {p.target for p in svc.ports if p.mode == "ingress" and p.published and p.protocol == "udp"}
+        for t in svc.tasks if udp else ():
+            found.setdefault(t.task_id, set()).update(udp)
+    return {task_id: tuple(sorted(ports)) for task_id, ports in found.items()}
 
 
 def peers_of(state: NetworkState, network_id: str) -> set[str]:

@@ -124,9 +124,8 @@ def test_ingress_udp_ports_of_a_task_and_its_udp_reply_rules() -> None:
     s = state()
     web_ing = msgspec_replace(s.services[1], ports=[*s.services[1].ports, udp])
     s = state(services=[s.services[0], web_ing, s.services[2]])
-    assert ns.ingress_udp_ports(s, "t1") == (53,)
-    assert ns.ingress_udp_ports(s, "t3") == ()  # rr is not on ingress
-    assert ns.ingress_udp_ports(state(networks=[APP]), "t1") == ()
+    assert ns.ingress_udp_ports(s) == {"t1": (53,), "t2": (53,)}  # rr's t3/t4 are not on ingress
+    assert ns.ingress_udp_ports(state(networks=[APP])) == {}
     cmds = mesh.backend_route_commands("eth2", ["10.0.0.250", "10.0.0.251"], "10.0.0.250", (53,),
                                        old_prefs=[0, 0x5301, 40000, 32766])
     assert cmds == ["rule del pref 21249", "rule del pref 40000",

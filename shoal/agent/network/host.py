@@ -106,6 +106,7 @@ class HostNetwork:
         self._mesh: _Mesh | None = None
         self._mesh_allowed: bool | None = None
         self._hostports = hostports.HostPorts(host_netns)
+        self._udp_memo: tuple[NetworkState, dict[str, tuple[int, ...]]] | None = None
 
     @property
     def state(self) -> NetworkState | None:
@@ -276,7 +277,7 @@ class HostNetwork:
                 local.vips = vips
             ingress = next((a for a in local.attachments if a.ingress), None)
             if ingress is not None:
-                hosts, udp = tuple(state.ingress_hosts), ns.ingress_udp_ports(state, task_id)
+                hosts, udp = tuple(state.ingress_hosts), self._udp_ports(state).get(task_id, ())
                 own = state.ingress_addr if await self.mesh_allowed() else ""  # no mesh: no UDP route
                 key = (hosts, own, udp)
                 if key != local.backend_key:
@@ -285,6 +286,12 @@ class HostNetwork:
                     local.backend_key = key
         except ExecError as e:  # e.g. the netns went away under us: the next state retries
             log.warning("task %s: cannot program its load balancing: %s", task_id, e)
+
+    def _udp_ports(self, state: NetworkState) -> dict[str, tuple[int, ...]]:
+        """ns.ingress_udp_ports(state), computed once per state (not once per local task)."""
+        if self._udp_memo is None or self._udp_memo[0] is not state:
+            self._udp_memo = (state, ns.ingress_udp_ports(state))
+        return self._udp_memo[1]
 
     async def _bridge_cidr(self, netns: str) -> str:
         try:

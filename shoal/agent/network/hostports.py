@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.agent.network.lb import numgen_map
+from shoal.agent.network.mesh import program_reply_routing, stale_rules, udp_reply_rules
 from shoal.agent.network.overlay import in_netns, ipn, run, sysctl
 from shoal.api.protocol import NetworkState
 
@@ -153,13 +154,11 @@ def render_task(subnet: str) -> str:
 
 def task_route_commands(gateway: str, udp_ports: Sequence[int], old_prefs: Iterable[int]) -> list[str]:
     """`ip -batch` lines for a task's reply routing (idempotent given its current rule prefs)."""
-    cmds = [f"rule del pref {p}" for p in sorted(set(old_prefs))
-            if p == REPLY_MARK or UDP_RULE_PREF <= p < UDP_RULE_PREF + 0x1000]
+    cmds = stale_rules(old_prefs, range(REPLY_MARK, REPLY_MARK + 1),
+                       range(UDP_RULE_PREF, UDP_RULE_PREF + 0x1000))
     cmds += [f"rule add pref {REPLY_MARK} fwmark {REPLY_MARK} lookup {REPLY_MARK}",
              f"route replace default via {gateway} dev {TASK_IFNAME} table {REPLY_MARK}"]
-    cmds += [f"rule add pref {UDP_RULE_PREF + i} ipproto udp sport {port} lookup {REPLY_MARK}"
-             for i, port in enumerate(udp_ports)]
-    return cmds
+    return cmds + udp_reply_rules(UDP_RULE_PREF, udp_ports, REPLY_MARK)
 
 
 async def prepare_task(netns: str, bridge_cidr: str, udp_ports: Sequence[int]) -> None:
@@ -167,12 +166,8 @@ async def prepare_task(netns: str, bridge_cidr: str, udp_ports: Sequence[int]) -
     subnet's first address) the reply routing of host-mode published ports; idempotent."""
     iface = ipaddress.IPv4Interface(bridge_cidr)
     gateway = str(iface.network.network_address + 1)  # agent/network/ipam.py: the bridge's address
-    await run(in_netns(netns, ["nft", "-f", "-"]), stdin=render_task(str(iface.network)))
-    rules = json.loads(await ipn(netns, "-j", "rule", "show") or "[]")
-    cmds = task_route_commands(gateway, udp_ports, (int(r.get("priority", 0)) for r in rules))
-    await ipn(netns, "-batch", "-", stdin="\n".join(cmds) + "\n")
-    await sysctl(netns, f"net.ipv4.conf.{TASK_IFNAME}.rp_filter", "0")
-    await sysctl(netns, "net.ipv4.tcp_fwmark_accept", "1")
+    await program_reply_routing(netns, TASK_IFNAME, render_task(str(iface.network)),
+                                lambda prefs: task_route_commands(gateway, udp_ports, prefs))
 
 
 class HostPorts:
@@ -180,7 +175,8 @@ class HostPorts:
 
     def __init__(self, netns: str | None) -> None:
         self._netns = netns
-        self._key: tuple[object, ...] | None = None
+        self._key: tuple[object, ...] | None = None  # what is programmed
+        self._wanted: tuple[object, ...] | None = None  # the arguments of the last sync
         self._forwarding: tuple[str | None, str | None] | None = None  # (underlay, bridge) forwarding
 
     async def sync(self, rules: Sequence[HostPortRule], node_addr: str, *, forward_allowed: bool,
@@ -189,18 +185,21 @@ class HostPorts:
         route here). `mesh_dev`: the underlay device the routing mesh forwards on (its forwarding
         is left on when this table stops needing it)."""
         rules = list(rules) if node_addr else []
+        wanted = (tuple(rules), node_addr, forward_allowed, mesh_dev)
+        if wanted == self._wanted or (not rules and self._key is None):
+            return  # unchanged (no device lookup), or nothing ever programmed by this process
         underlay, bridge = await self._devices(rules, node_addr) if rules else (None, None)
         devs = (underlay, bridge) if forward_allowed and underlay and bridge else None
         if rules and forward_allowed and devs is None:
             log.warning("host-mode ports: no underlay (%s) or host bridge (%s) found: local clients only",
                         underlay, bridge)
         key = (tuple(rules), node_addr, bridge, devs, mesh_dev)
-        if key == self._key or (not rules and self._key is None):
-            return  # unchanged, or nothing ever programmed by this process
-        await run(in_netns(self._netns, ["nft", "-f", "-"]),
-                  stdin=render(rules, node_addr, bridge=bridge, remote=devs is not None))
-        await self._set_forwarding(devs, mesh_dev)
-        self._key = key
+        if key != self._key:
+            await run(in_netns(self._netns, ["nft", "-f", "-"]),
+                      stdin=render(rules, node_addr, bridge=bridge, remote=devs is not None))
+            await self._set_forwarding(devs, mesh_dev)
+            self._key = key
+        self._wanted = wanted
 
     async def clear(self, *, mesh_dev: str | None) -> None:
         await self.sync([], "", forward_allowed=False, mesh_dev=mesh_dev)

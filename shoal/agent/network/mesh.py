@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from shoal.agent.network.lb import numgen_map
@@ -147,20 +147,46 @@ def render_task(ifname: str, subnet: str, host_ips: Sequence[str]) -> str:
     return f"table ip {TASK_TABLE}\ndelete table ip {TASK_TABLE}\ntable ip {TASK_TABLE} {{\n{body}\n}}\n"
 
 
+def udp_reply_rules(pref: int, udp_ports: Sequence[int], table: int) -> list[str]:
+    """`ip -batch` lines: UDP from each port in `udp_ports` looks up `table` after main (prefs
+    `pref`, `pref`+1, …); see the module docstring. Shared with hostports.py."""
+    return [f"rule add pref {pref + i} ipproto udp sport {port} lookup {table}"
+            for i, port in enumerate(udp_ports)]
+
+
+def stale_rules(old_prefs: Iterable[int], *ranges: range) -> list[str]:
+    """`ip -batch` lines deleting the rules whose pref is in one of `ranges` (ours, to be redone)."""
+    return [f"rule del pref {p}" for p in sorted(set(old_prefs)) if any(p in r for r in ranges)]
+
+
 def backend_route_commands(ifname: str, host_ips: Sequence[str], own_ip: str, udp_ports: Sequence[int],
                            old_prefs: Iterable[int]) -> list[str]:
     """`ip -batch` lines for a backend task's reply routing (idempotent given its rule prefs)."""
-    cmds = [f"rule del pref {p}" for p in sorted(set(old_prefs))
-            if MARK_BASE < p <= MARK_BASE + 0xFFF or UDP_RULE_PREF <= p < UDP_RULE_PREF + 0x1000]
+    cmds = stale_rules(old_prefs, range(MARK_BASE + 1, MARK_BASE + 0x1000),
+                       range(UDP_RULE_PREF, UDP_RULE_PREF + 0x1000))
     for k, h in enumerate(host_ips, 1):
         mark = MARK_BASE + k
         cmds += [f"rule add pref {mark} fwmark {mark} lookup {mark}",
                  f"route replace default via {h} dev {ifname} table {mark}"]
     if own_ip and udp_ports:
         cmds.append(f"route replace default via {own_ip} dev {ifname} table {MARK_BASE}")
-        cmds += [f"rule add pref {UDP_RULE_PREF + i} ipproto udp sport {port} lookup {MARK_BASE}"
-                 for i, port in enumerate(udp_ports)]
+        cmds += udp_reply_rules(UDP_RULE_PREF, udp_ports, MARK_BASE)
     return cmds
+
+
+async def program_reply_routing(netns: str, ifname: str, nft_script: str,
+                                commands: Callable[[Iterable[int]], list[str]]) -> None:
+    """Apply a task's reply routing: `nft_script` (replaces its table), then the `ip -batch` lines
+    `commands(prefs of the rules it has now)`, reverse-path filtering off on `ifname` (replies and
+    requests take different paths) and `tcp_fwmark_accept` (an accepted socket keeps the SYN's mark).
+    Shared with hostports.py."""
+    await run(in_netns(netns, ["nft", "-f", "-"]), stdin=nft_script)
+    rules = json.loads(await ipn(netns, "-j", "rule", "show") or "[]")
+    cmds = commands(int(r.get("priority", 0)) for r in rules)
+    if cmds:
+        await ipn(netns, "-batch", "-", stdin="\n".join(cmds) + "\n")
+    await sysctl(netns, f"net.ipv4.conf.{ifname}.rp_filter", "0")
+    await sysctl(netns, "net.ipv4.tcp_fwmark_accept", "1")
 
 
 async def prepare_backend(netns: str, ifname: str, subnet: str, host_ips: Sequence[str], *,
@@ -173,11 +199,6 @@ async def prepare_backend(netns: str, ifname: str, subnet: str, host_ips: Sequen
     Idempotent.
     """
     net = ipaddress.IPv4Network(subnet, strict=True)
-    await run(in_netns(netns, ["nft", "-f", "-"]), stdin=render_task(ifname, str(net), host_ips))
-    rules = json.loads(await ipn(netns, "-j", "rule", "show") or "[]")
-    cmds = backend_route_commands(ifname, host_ips, own_ip, udp_ports,
-                                  (int(r.get("priority", 0)) for r in rules))
-    if cmds:
-        await ipn(netns, "-batch", "-", stdin="\n".join(cmds) + "\n")
-    await sysctl(netns, f"net.ipv4.conf.{ifname}.rp_filter", "0")
-    await sysctl(netns, "net.ipv4.tcp_fwmark_accept", "1")
+    await program_reply_routing(
+        netns, ifname, render_task(ifname, str(net), host_ips),
+        lambda prefs: backend_route_commands(ifname, host_ips, own_ip, udp_ports, prefs))
